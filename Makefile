@@ -1,0 +1,37 @@
+# Every target installs what it needs first; a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.distrec-installed
+EXTRAS ?= cpu,dev,text
+PIPQ   := $(PIP) install -q --disable-pip-version-check
+
+.PHONY: setup test test-all smoke data clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency pins change (idempotent).
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIPQ) "torch==2.13.0" setuptools wheel ninja
+	DS_BUILD_OPS=0 $(PIPQ) -c constraints.txt --no-build-isolation "deepspeed==0.19.8"
+	$(PIPQ) -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PIP) check
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-all: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m ""
+
+data: setup
+	$(VENV)/bin/distrec data fetch ml-100k
+	$(VENV)/bin/distrec data fetch smollm2
+
+smoke: data
+	$(VENV)/bin/distrec train --config jobs/smoke.yaml
+
+clean-venv:
+	rm -rf $(VENV)

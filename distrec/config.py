@@ -1,0 +1,175 @@
+"""The typed job configuration: one dataclass per concern, loaded from ``jobs/*.yaml``.
+
+``load_job_config("jobs/smoke.yaml", ["train.lr=1e-4"])`` gives a :class:`JobConfig`; every
+key is checked (typos get a suggestion) and every value is type-checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from distrec import config_loader
+from distrec.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, which task, and how samples are built and split."""
+
+    dataset: str = "ml-100k"
+    task: Literal["ctr", "generative"] = "ctr"
+    raw_path: Optional[str] = None  # the user's own download; None -> the fetched cache
+    prepared_dir: Optional[str] = None  # None -> $DISTREC_HOME/prepared/<dataset>-<task>
+    min_history: int = 5  # CTR: earlier ratings a user needs before a sample counts
+    max_history: int = 10  # generative: preceding items kept per sample
+    kcore: int = 0  # generative: iterative k-core filter (0 = off)
+    label_threshold: Optional[float] = None  # CTR: override the per-dataset rule (label = rating >= t)
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    num_shards: int = 4
+    train_size: Optional[int] = None  # few-shot: first N of a seeded shuffle of train
+    valid_size: Optional[int] = None  # fixed subset of valid (seeded)
+    test_size: Optional[int] = None  # fixed subset of test (seeded)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.min_history < 0 or self.max_history < 1 or self.num_shards < 1:
+            raise ValueError("data.min_history >= 0, data.max_history >= 1 and data.num_shards >= 1 required")
+
+
+@dataclass
+class PromptConfig:
+    """How a sample becomes text."""
+
+    history_k: int = 10  # history items shown in the prompt
+    max_length: int = 512  # tokens; the oldest history items are dropped to fit
+    use_chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        if self.history_k <= 0:
+            raise ValueError(f"prompt.history_k must be > 0, got {self.history_k}")
+        if self.max_length <= 8:
+            raise ValueError(f"prompt.max_length must be > 8, got {self.max_length}")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone causal LM.
+
+    ``name_or_path``: an HF model id, a local folder, ``smollm2-135m`` (the offline GGUF,
+    converted once and cached), or ``tiny`` (a random Llama built from ``tiny``'s kwargs).
+    """
+
+    name_or_path: str = "smollm2-135m"
+    gguf_file: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    tiny: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient adapter on the backbone's linear layers."""
+
+    kind: Literal["lora", "none"] = "lora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"adapter.r must be > 0, got {self.r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: int = 1
+    max_steps: Optional[int] = None  # optimiser steps; caps epochs
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    micro_batch_size: int = 4  # per rank
+    grad_accum: int = 1
+    seed: int = 42
+    log_every: int = 1  # steps between TensorBoard scalars
+    eval_every: Optional[int] = None  # steps between validations; None -> end of each epoch
+    checkpoint_every: Optional[int] = None  # steps between checkpoints; None -> end of each epoch
+    prompt_samples_to_log: int = 4
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:
+            raise ValueError("train.micro_batch_size, train.grad_accum and train.epochs must be > 0")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """Everything DeepSpeed-specific; turned into a DeepSpeed config dict by ``train.strategy``."""
+
+    zero_stage: int = 3
+    precision: Literal["fp32", "bf16"] = "fp32"
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    gradient_clipping: float = 1.0
+    extra: dict[str, object] = field(default_factory=dict)  # merged into the DeepSpeed config as is
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0..3, got {self.zero_stage}")
+
+
+@dataclass
+class RayConfig:
+    """Where and how wide the job runs."""
+
+    address: Optional[str] = None  # None -> $RAY_ADDRESS, else a local cluster
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs"
+    run_name: Optional[str] = None  # None -> a fresh timestamped name; same name -> resume
+    max_failures: int = 0
+    num_to_keep: int = 2
+    data_actors: int = 1
+    data_actor_cpus: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"ray.num_workers must be >= 1, got {self.num_workers}")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    max_samples: Optional[int] = None  # cap on validation samples during training
+
+
+@dataclass
+class JobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Load a :class:`JobConfig` from YAML plus ``key=value`` overrides."""
+    return config_loader.load(JobConfig, path, overrides)
+
+
+def job_config_from_dict(data: dict) -> JobConfig:
+    return config_loader.from_dict(JobConfig, data, where="job config")
+
+
+__all__ = ["ConfigError", "JobConfig", "load_job_config", "job_config_from_dict"]

@@ -1,0 +1,1 @@
+"""Data layer: raw datasets -> canonical Arrow tables -> samples -> prompts."""
