@@ -47,6 +47,8 @@ class PromptConfig:
     history_k: int = 10  # history items shown in the prompt
     max_length: int = 512  # tokens; the oldest history items are dropped to fit
     use_chat_template: bool = True
+    answer_yes: str = " Yes"  # CTR answer words; each must be exactly one token
+    answer_no: str = " No"
 
     def __post_init__(self) -> None:
         if self.history_k <= 0:

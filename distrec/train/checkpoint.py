@@ -1,0 +1,62 @@
+"""Training checkpoints: DeepSpeed shards + distrec's own position and RNG, reported to Ray.
+
+A checkpoint directory holds ``ds/`` (each rank's DeepSpeed shard: adapter weights, optimizer
+and scheduler state), ``state.json`` (step, epoch, step within the epoch — Ray Data has no
+resumable cursor, so distrec keeps the data position itself) and ``rng_rank<r>.pt`` per rank.
+Every rank reports its directory; Ray Train merges them into one checkpoint in storage.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+DS_TAG = "ds"
+
+
+@dataclass
+class TrainState:
+    """Where training stands; everything needed to continue the data stream exactly."""
+
+    step: int = 0  # optimiser steps done in total
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimiser steps done in the current epoch
+    best_metric: float | None = None
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_and_report(strategy, state: TrainState, metrics: dict) -> None:
+    """Write this rank's part of a checkpoint and report it (a collective: all ranks call it)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="distrec-ckpt-") as tmp:
+        strategy.save_checkpoint(tmp, DS_TAG)
+        torch.save(_rng_state(), Path(tmp) / f"rng_rank{strategy.rank}.pt")
+        if strategy.is_rank0:
+            (Path(tmp) / "state.json").write_text(json.dumps(asdict(state)))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def restore(strategy, checkpoint) -> TrainState:
+    """Load engine state, data position and RNG from a Ray checkpoint; returns the state."""
+    with checkpoint.as_directory() as directory:
+        root = Path(directory)
+        strategy.load_checkpoint(str(root), DS_TAG)
+        state = TrainState(**json.loads((root / "state.json").read_text()))
+        rng_file = root / f"rng_rank{strategy.rank}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+    return state

@@ -1,0 +1,264 @@
+"""The training loop run by every Ray Train worker: one readable function, top to bottom.
+
+build model (ZeRO-3 partitioned) -> attach adapter -> DeepSpeed engine -> restore checkpoint
+-> for each step: this rank's micro-batches, global loss-token count, backward, step -> log,
+validate, checkpoint -> select the best validation state -> export adapter -> test predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distrec.config import JobConfig, job_config_from_dict
+from distrec.train.checkpoint import TrainState, restore, save_and_report
+from distrec.train.data_stream import eval_batches, left_pad, load_rows, train_micro_batches
+from distrec.train.strategy import steps_per_epoch
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` for Ray Train. ``loop_config``: job (dict), run_dir, mode."""
+    import ray.train
+
+    from distrec.data.tokenize import label_token_ids
+    from distrec.model.adapters.lora import make_adapter
+    from distrec.model.backbone import build_model, load_tokenizer
+    from distrec.train.monitor import Monitor
+    from distrec.train.strategy import DeepSpeedStrategy
+
+    job = job_config_from_dict(loop_config["job"])
+    run_dir = Path(loop_config["run_dir"])
+    mode = loop_config.get("mode", "train")
+    strategy = DeepSpeedStrategy(job.deepspeed, job.train, job.ray.use_gpu)
+    torch.manual_seed(job.train.seed)  # identical adapter initialisation on every rank
+
+    tokenizer = load_tokenizer(job.model)
+    yes_id, no_id = label_token_ids(tokenizer, job.prompt.answer_yes, job.prompt.answer_no)
+    with strategy.model_init_context():
+        model = build_model(job.model, vocab_size=len(tokenizer))
+    adapter = make_adapter(job.adapter)
+    model = adapter.attach(model)
+
+    splits = {name: load_rows(ray.train.get_dataset_shard(name)) for name in loop_config["splits"]}
+    train_rows = splits.get("train")
+    t = job.train
+    per_epoch = steps_per_epoch(len(train_rows["sample_id"]), strategy.world_size, t.micro_batch_size, t.grad_accum) if train_rows else 0
+    total_steps = per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, per_epoch * t.epochs)
+    engine = strategy.initialize(model, max(total_steps, 1))
+    monitor = Monitor(run_dir / "tensorboard", enabled=strategy.is_rank0)
+    ctx = _Context(job, strategy, engine, tokenizer.pad_token_id, yes_id, no_id, monitor, run_dir)
+
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = restore(strategy, checkpoint)
+        monitor.text("events/resume", state.step, f"resumed at step {state.step} (epoch {state.epoch})")
+
+    if mode == "eval":
+        _assign(strategy, model, _exported_weights(model, run_dir / "adapter"))
+    if mode == "train":
+        if per_epoch == 0:
+            from distrec.errors import DataError
+
+            raise DataError(
+                f"train split has {len(train_rows['sample_id'])} rows: fewer than one step of "
+                f"{strategy.world_size} ranks x {t.micro_batch_size} x {t.grad_accum}"
+            )
+        if strategy.is_rank0 and state.step == 0:
+            _log_prompt_samples(ctx, tokenizer, train_rows)
+        best = _train(ctx, state, train_rows, splits.get("valid"), per_epoch, total_steps)
+        if best is not None:
+            _assign(strategy, model, best)
+        adapter.export(model, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
+    results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
+    if strategy.is_rank0:
+        monitor.hparams(_hparams(job), {f"hparam/{s}_{k}": v for s, m in results.items() for k, v in m.items()})
+        (run_dir / f"metrics_{mode}.json").write_text(json.dumps(results, indent=2))
+    monitor.close()
+    final = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}
+    ray.train.report({**final, "step": state.step})
+
+
+class _Context:
+    """What the helpers below share; built once per worker."""
+
+    def __init__(self, job: JobConfig, strategy, engine, pad_id, yes_id, no_id, monitor, run_dir: Path):
+        self.job, self.strategy, self.engine = job, strategy, engine
+        self.pad_id, self.yes_id, self.no_id = pad_id, yes_id, no_id
+        self.monitor, self.run_dir = monitor, run_dir
+
+
+def _forward_answer_logits(ctx: _Context, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the answer position and the answer ids, for rows holding prompt + answer."""
+    from distrec.objectives.ctr import answer_logits
+
+    prompts = [seq[:-1] for seq in batch["input_ids"]]
+    answers = torch.as_tensor([int(seq[-1]) for seq in batch["input_ids"]], device=ctx.strategy.device)
+    ids, mask = left_pad(prompts, ctx.pad_id)
+    logits = answer_logits(ctx.engine, ids.to(ctx.strategy.device), mask.to(ctx.strategy.device))
+    return logits, answers
+
+
+def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, total_steps: int):
+    """Run optimiser steps until ``total_steps``; returns the best validation adapter state or None."""
+    from distrec.objectives.ctr import ctr_loss_sum
+    from distrec.objectives.normalisation import normalised
+
+    job, strategy, t = ctx.job, ctx.strategy, ctx.job.train
+    eval_every = t.eval_every or per_epoch
+    ckpt_every = t.checkpoint_every or per_epoch
+    best_state = None
+    ctx.engine.train()
+    while state.step < total_steps:
+        stream = train_micro_batches(
+            rows, strategy.rank, strategy.world_size, t.micro_batch_size, t.grad_accum,
+            t.seed, state.epoch, state.step_in_epoch,
+        )
+        for micro_batches in stream:
+            started = time.perf_counter()
+            global_count = strategy.all_reduce_sum(sum(len(mb["sample_id"]) for mb in micro_batches))
+            loss_total, tokens = 0.0, 0
+            for mb in micro_batches:
+                logits, answers = _forward_answer_logits(ctx, mb)
+                loss_sum = ctr_loss_sum(logits, answers)
+                strategy.backward(normalised(loss_sum, global_count, strategy.accumulation_scale))
+                strategy.step()
+                loss_total += float(loss_sum.detach())
+                tokens += int(sum(len(s) for s in mb["input_ids"]))
+            state.step += 1
+            state.step_in_epoch += 1
+            elapsed = time.perf_counter() - started
+            if state.step % t.log_every == 0 or state.step == total_steps:
+                global_loss = strategy.all_reduce_sum(loss_total) / global_count
+                global_tokens = strategy.all_reduce_sum(tokens)
+                ctx.monitor.scalars(state.step, {
+                    "train/loss": global_loss,
+                    "train/lr": strategy.lr(),
+                    "train/grad_norm": strategy.grad_norm(),
+                    "train/epoch": state.epoch + state.step_in_epoch / per_epoch,
+                    "throughput/tokens_per_s": global_tokens / elapsed,
+                    "throughput/samples_per_s": global_count / elapsed,
+                    "throughput/step_time_s": elapsed,
+                    **{f"memory/{k}": v for k, v in _peak_memory().items()},
+                })
+            last = state.step >= total_steps
+            if valid_rows is not None and (state.step % eval_every == 0 or last):
+                metrics = _evaluate(ctx, valid_rows, "valid", write=False, step=state.step)
+                ctx.engine.train()
+                score = metrics.get("auc", float("nan"))
+                if not math.isnan(score) and (state.best_metric is None or score > state.best_metric):
+                    state.best_metric = score
+                    best_state = _snapshot(ctx)
+            if state.step % ckpt_every == 0 or last:
+                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch})
+            if last:
+                return best_state
+        state.epoch += 1
+        state.step_in_epoch = 0
+    return best_state
+
+
+@torch.no_grad()
+def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = None) -> dict:
+    """P(yes) for every row of a split (all ranks forward equally); metrics on rank 0."""
+    from distrec.eval.ctr_metrics import ctr_metrics
+    from distrec.objectives.ctr import p_yes
+
+    strategy = ctx.strategy
+    ctx.engine.eval()
+    limit = ctx.job.eval.max_samples if split == "valid" else None
+    if limit is not None:
+        rows = {k: v[:limit] for k, v in rows.items()}
+    local: list[tuple[int, int, int, float]] = []
+    for batch, n_real in eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size):
+        logits, _ = _forward_answer_logits(ctx, batch)
+        probs = p_yes(logits, ctx.yes_id, ctx.no_id).cpu().numpy()
+        for i in range(n_real):
+            local.append((int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(probs[i])))
+    gathered = strategy.all_gather_object(local)
+    # Every rank computes the metrics from the same gathered rows, so decisions taken on them
+    # (best checkpoint) are identical everywhere and no rank skips a collective.
+    preds = {row[0]: row for part in gathered for row in part}  # sample_id -> row, de-duplicated
+    sample_ids = np.array(sorted(preds))
+    table = np.array([preds[s] for s in sample_ids], dtype=object)
+    metrics = ctr_metrics(table[:, 2].astype(int), table[:, 3].astype(float), table[:, 1].astype(int))
+    ctx.monitor.scalars(step if step is not None else 0, {f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    if write and strategy.is_rank0:
+        _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", table)
+    return metrics
+
+
+def _write_predictions(path: Path, table: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = pa.table({
+        "sample_id": pa.array(table[:, 0].astype(np.int64)),
+        "user_id": pa.array(table[:, 1].astype(np.int64)),
+        "label": pa.array(table[:, 2].astype(np.int8)),
+        "p_yes": pa.array(table[:, 3].astype(np.float32)),
+    })
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(out, tmp)
+    tmp.replace(path)
+
+
+def _snapshot(ctx: _Context) -> dict[str, torch.Tensor]:
+    """Copy of the trainable (adapter) parameters, gathered whole on every rank."""
+    params = {n: p for n, p in ctx.engine.module.named_parameters() if p.requires_grad}
+    with ctx.strategy.gathered(params.values()):
+        return {n: p.detach().clone() for n, p in params.items()}
+
+
+def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a snapshot back into (possibly partitioned) trainable parameters."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with strategy.gathered_for_update(params.values()):
+        for name, p in params.items():
+            p.data.copy_(tensors[name])
+
+
+def _exported_weights(model, adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Exported PEFT tensors keyed by this model's parameter names (PEFT drops ".default")."""
+    from safetensors.torch import load_file
+
+    from distrec.errors import ModelError
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ModelError(f"no exported adapter at {path}: was the run trained to the end?")
+    saved = load_file(str(path))
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = name.replace(".default.", ".")
+            if key not in saved:
+                raise ModelError(f"{path}: has no tensor '{key}' (adapter/model shape mismatch)")
+            out[name] = saved[key]
+    return out
+
+
+def _peak_memory() -> dict[str, float]:
+    from distrec.train.monitor import peak_memory_bytes
+
+    return {f"{k}_gib": v / 2**30 for k, v in peak_memory_bytes().items()}
+
+
+def _log_prompt_samples(ctx: _Context, tokenizer, rows) -> None:
+    n = min(ctx.job.train.prompt_samples_to_log, len(rows["sample_id"]))
+    for i in range(n):
+        text = tokenizer.decode(rows["input_ids"][i])
+        ctx.monitor.text("samples/prompt", i, f"label={int(rows['label'][i])}\n\n{text}")
+
+
+def _hparams(job: JobConfig) -> dict[str, Any]:
+    from distrec.config_loader import to_dict
+
+    d = to_dict(job)
+    return {f"{section}.{k}": v for section, values in d.items() for k, v in values.items() if not isinstance(v, (dict, list))}

@@ -1,0 +1,208 @@
+"""Rank-0 TensorBoard logging, and reading the event files back for reports and tests.
+
+Only the rank-0 worker should write events (N writers into one folder would
+interleave duplicate curves), so every rank builds a ``Monitor`` and passes
+``enabled=(rank == 0)``: the others get an instance whose methods do nothing and
+that never touches the file system. No module-level writer exists.
+"""
+
+from __future__ import annotations
+
+import numbers
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+HPARAMS_RUN = "hparams"
+"""Subfolder of the log dir that ``Monitor.hparams`` writes into (SummaryWriter.add_hparams makes one)."""
+
+HPARAM_METRIC_PREFIX = "hparams/"
+"""HParams metrics are also written as scalars; the prefix keeps them apart from the training curves."""
+
+TEXT_SUFFIX = "/text_summary"
+"""SummaryWriter.add_text stores tag ``t`` as ``t/text_summary``; read_texts strips it."""
+
+
+def flatten_dict(values: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into one level: {"a": {"b": 1}} -> {"a.b": 1} (``sep`` joins the keys)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_dict(value, sep=sep, prefix=f"{name}{sep}"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _hparam_value(value: Any) -> int | float | str | bool:
+    """A value the HParams plugin accepts: bool/int/float/str kept, anything else (None, lists, paths) as str."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Flattened numeric metrics as floats; non-numeric entries (HParams metrics are scalars) are left out."""
+    return {
+        f"{HPARAM_METRIC_PREFIX}{name}": float(value)
+        for name, value in flatten_dict(metrics).items()
+        if isinstance(value, numbers.Real)
+    }
+
+
+class Monitor:
+    """TensorBoard writer for rank 0; a no-op when ``enabled`` is False.
+
+    Args:
+        log_dir: folder for the event files (created on first use by SummaryWriter).
+        enabled: False on every rank but 0; then nothing is imported or written.
+    """
+
+    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+        self.log_dir = Path(log_dir)
+        self.enabled = enabled
+        self._writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+        """Log every numeric entry of ``values`` at ``step``.
+
+        Nested dicts are joined with "/" ({"eval": {"auc": x}} -> "eval/auc", TensorBoard's
+        grouping separator); 0-d tensors are unwrapped; non-numeric entries are skipped, so a
+        whole metrics dict (with e.g. a split name in it) can be passed as is.
+        """
+        if self._writer is None:
+            return
+        for tag, value in flatten_dict(values, sep="/").items():
+            if isinstance(value, torch.Tensor):
+                value = value.item()
+            if isinstance(value, numbers.Real):
+                self._writer.add_scalar(tag, float(value), global_step=int(step))
+
+    def text(self, tag: str, step: int, text: str) -> None:
+        """Log a text (config dump, sample generations) under ``tag`` at ``step``."""
+        if self._writer is None:
+            return
+        self._writer.add_text(tag, text, global_step=int(step))
+
+    def hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, Any]) -> None:
+        """Record one HParams session: the run's config and its final metrics.
+
+        Nested dicts are flattened with dots; hparam values become int/float/str/bool;
+        metrics are stored as ``hparams/<name>`` scalars in the ``hparams`` subfolder.
+        torch's writer checks int before bool, so a bool hparam is stored as 1.0 / 0.0.
+        """
+        if self._writer is None:
+            return
+        hparams = {name: _hparam_value(v) for name, v in flatten_dict(hparam_dict).items()}
+        self._writer.add_hparams(hparams, _metric_values(metric_dict), run_name=HPARAMS_RUN)
+
+    def flush(self) -> None:
+        """Push pending events to disk (e.g. before a report reads them back)."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the writer; further calls become no-ops."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _accumulators(log_dir: str | Path) -> list[Any]:
+    """One fully loaded EventAccumulator per folder (log_dir and its subfolders) holding event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = Path(log_dir)
+    folders = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+    # size_guidance 0 = keep every event instead of TensorBoard's reservoir sample.
+    guidance = {"scalars": 0, "tensors": 0}
+    return [EventAccumulator(str(folder), size_guidance=guidance).Reload() for folder in folders]
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series under ``log_dir``, subfolders included: ``{tag: [(step, value), ...]}`` sorted by step.
+
+    Values come back as float32-rounded floats (TensorBoard stores float32).
+    """
+    series: dict[str, list[tuple[int, float]]] = {}
+    for acc in _accumulators(log_dir):
+        for tag in acc.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((int(e.step), float(e.value)) for e in acc.Scalars(tag))
+    return {tag: sorted(points, key=lambda p: p[0]) for tag, points in series.items()}
+
+
+def read_texts(log_dir: str | Path) -> dict[str, list[str]]:
+    """All texts logged with ``Monitor.text``: ``{tag: [text, ...]}`` in step order."""
+    from tensorboard.util import tensor_util
+
+    texts: dict[str, list[tuple[int, str]]] = {}
+    for acc in _accumulators(log_dir):
+        try:
+            tags = acc.PluginTagToContent("text")
+        except KeyError:  # no text in this folder
+            continue
+        for tag in tags:
+            name = tag[: -len(TEXT_SUFFIX)] if tag.endswith(TEXT_SUFFIX) else tag
+            for event in acc.Tensors(tag):
+                raw = tensor_util.make_ndarray(event.tensor_proto).reshape(-1)[0]
+                value = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+                texts.setdefault(name, []).append((int(event.step), value))
+    return {tag: [text for _, text in sorted(items, key=lambda p: p[0])] for tag, items in texts.items()}
+
+
+def read_hparams(log_dir: str | Path) -> dict[str, float | str | bool | None]:
+    """The hparams of the last HParams session under ``log_dir`` ({} if none).
+
+    Numbers come back as float (the plugin stores them as protobuf number values).
+    """
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found: dict[str, float | str | bool | None] = {}
+    for acc in _accumulators(log_dir):
+        try:
+            contents = acc.PluginTagToContent("hparams")
+        except KeyError:
+            continue
+        for content in contents.values():
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            if not data.HasField("session_start_info"):
+                continue
+            for name, value in data.session_start_info.hparams.items():
+                kind = value.WhichOneof("kind")
+                found[name] = getattr(value, kind) if kind else None
+    return found
+
+
+def peak_memory_bytes() -> dict[str, int]:
+    """Peak memory of this process so far, in bytes.
+
+    Returns:
+        ``host_peak_rss`` (ru_maxrss: KiB on Linux, bytes on macOS) and, when CUDA is
+        available, ``cuda_max_allocated`` for the current device.
+    """
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"host_peak_rss": int(rss if sys.platform == "darwin" else rss * 1024)}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated())
+    return out
+

@@ -1,0 +1,237 @@
+"""Every DeepSpeed specific in one place (OpenRLHF-style strategy object).
+
+The training loop talks only to :class:`DeepSpeedStrategy`: building the DeepSpeed config from
+the typed YAML sections, constructing the model under ZeRO-3 partitioned init, engine set-up,
+backward/step, checkpoint save/load, gathering partitioned parameters, and the few collectives
+the loop needs. Nothing else in distrec imports ``deepspeed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from distrec.config import DeepSpeedConfig, TrainConfig
+
+
+def _disable_cpu_shm_allreduce_build() -> None:
+    """Skip DeepSpeed's JIT build of a CPU shared-memory allreduce op (45–120 s, 3–5 GB).
+
+    The op is only an optimisation for intra-node CPU allreduce; gloo does the same work.
+    The attribute lives on the module object in ``sys.modules`` (``import deepspeed.comm.torch``
+    binds the real torch package instead).
+    """
+    module = sys.modules.get("deepspeed.comm.torch")
+    if module is not None and hasattr(module, "build_shm_op"):
+        module.build_shm_op = lambda: None
+
+
+def build_ds_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """DeepSpeed config dict from the typed sections. ``ds.extra`` is merged last, as given."""
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 2:
+        zero.update(overlap_comm=False, contiguous_gradients=True)
+    if ds.zero_stage == 3:
+        zero.update(
+            stage3_gather_16bit_weights_on_model_save=False,
+            stage3_param_persistence_threshold=10_000,
+            stage3_prefetch_bucket_size=50_000_000,
+        )
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.offload_param and ds.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    config.update(ds.extra)
+    return config
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class DeepSpeedStrategy:
+    """Owns the DeepSpeed engine of one rank.
+
+    Usage in a worker::
+
+        s = DeepSpeedStrategy(cfg.deepspeed, cfg.train, use_gpu)
+        with s.model_init_context():
+            model = build_model(...)
+        s.initialize(model, total_steps)
+        s.backward(loss); s.step()
+    """
+
+    def __init__(self, ds: DeepSpeedConfig, train: TrainConfig, use_gpu: bool) -> None:
+        import deepspeed
+
+        _disable_cpu_shm_allreduce_build()
+        self.ds_cfg = ds
+        self.train_cfg = train
+        self.use_gpu = use_gpu
+        if not dist.is_initialized():  # Ray Train has usually set up the process group already
+            deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        else:
+            deepspeed.init_distributed(dist_init_required=False)
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.config = build_ds_config(ds, train, self.world_size)
+        self.engine = None
+        self._hf_ds_config = None  # kept alive: transformers reads it through a weak reference
+
+    @property
+    def zero3(self) -> bool:
+        return self.ds_cfg.zero_stage == 3
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        if self.use_gpu:
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    @contextlib.contextmanager
+    def model_init_context(self) -> Iterator[None]:
+        """Construct models inside this so ZeRO-3 partitions parameters as they are created."""
+        if not self.zero3:
+            yield
+            return
+        import deepspeed
+        import torch._dynamo  # noqa: F401  (its first import fails once zero.Init patches tensor constructors)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._hf_ds_config = HfDeepSpeedConfig(self.config)  # makes from_pretrained use zero.Init
+        with deepspeed.zero.Init(config_dict_or_path=self.config):
+            yield
+
+    def initialize(self, model: torch.nn.Module, total_steps: int) -> Any:
+        """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters."""
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        t = self.train_cfg
+        if self.use_gpu:
+            from deepspeed.ops.adam import FusedAdam
+
+            optimizer = FusedAdam(params, lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        scheduler = linear_warmup_decay(optimizer, t.warmup_steps, total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
+        )
+        return self.engine
+
+    # --- one optimiser step -------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    @property
+    def accumulation_scale(self) -> float:
+        """Factor DeepSpeed divides a micro-batch loss by before averaging over ranks.
+
+        ``engine.backward`` scales by 1/grad_accum and the gradient allreduce averages over
+        ranks; multiplying a loss *sum* by this and dividing by the global token count makes
+        the step's gradient exactly ``∑ loss / global tokens`` (see objectives.normalisation).
+        """
+        return float(self.train_cfg.grad_accum * self.world_size)
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return float("nan")
+        return float(norm.item() if torch.is_tensor(norm) else norm)
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    # --- parameters -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gathered(self, params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+        """Make full copies of partitioned parameters visible on every rank (no-op below ZeRO-3)."""
+        params = list(params)
+        if not self.zero3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
+
+    @contextlib.contextmanager
+    def gathered_for_update(self, params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+        """Like :meth:`gathered`, but rank 0's in-place changes are re-partitioned on exit."""
+        params = list(params)
+        if not self.zero3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            yield
+
+    @staticmethod
+    def local_numel(param: torch.nn.Parameter) -> tuple[int, int]:
+        """(elements held by this rank, full size) of a possibly partitioned parameter."""
+        if hasattr(param, "ds_tensor"):
+            return param.ds_tensor.numel(), param.ds_numel
+        return param.numel(), param.numel()
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        """Every rank writes its own shard (model, optimizer and scheduler state) under ``directory/tag``."""
+        self.engine.save_checkpoint(directory, tag=tag, exclude_frozen_parameters=True)
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=False)
+        if path is None:
+            from distrec.errors import ModelError
+
+            raise ModelError(f"checkpoint {directory}/{tag} could not be loaded")
+
+    # --- collectives ----------------------------------------------------------------------
+    def all_reduce_sum(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item())
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def steps_per_epoch(rows: int, world_size: int, micro_batch: int, grad_accum: int) -> int:
+    """Optimiser steps in one epoch when every rank takes the same number of full steps."""
+    return math.floor(rows / (world_size * micro_batch * grad_accum))
