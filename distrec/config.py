@@ -105,6 +105,7 @@ class TrainConfig:
     eval_every: Optional[int] = None  # steps between validations; None -> end of each epoch
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None -> end of each epoch
     prompt_samples_to_log: int = 4
+    stop_at_step: Optional[int] = None  # pause after this step's checkpoint; re-run the same run name to go on
 
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:

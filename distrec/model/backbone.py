@@ -83,18 +83,24 @@ def convert_gguf(gguf: Path) -> Path:
         fresh.load_state_dict(loaded.state_dict())
         fresh.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-        os.replace(tmp, target)
-    except BaseException:
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent converter's finished copy
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
+def tokenizer_dir(cfg: ModelConfig) -> Path:
+    """Where the tokenizer comes from; ``tiny`` models borrow SmolLM2's (real BPE, ChatML)."""
+    return resolve_model_dir(cfg if cfg.name_or_path != "tiny" else ModelConfig(name_or_path=SMOLLM2))
+
+
 def load_tokenizer(cfg: ModelConfig):
-    """Tokenizer for ``cfg``. ``tiny`` models borrow SmolLM2's tokenizer (real BPE, ChatML)."""
-    model_dir = resolve_model_dir(cfg) if cfg.name_or_path != "tiny" else resolve_model_dir(
-        ModelConfig(name_or_path=SMOLLM2)
-    )
+    """Tokenizer for ``cfg`` (see :func:`tokenizer_dir`), with a pad token."""
+    model_dir = tokenizer_dir(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
     except OSError as exc:

@@ -1,6 +1,6 @@
 """Prepared Parquet shards -> Ray Data tokenisation on CPU actors -> per-rank micro-batches.
 
-Driver side, :func:`tokenized_split` reads a prepared split with ``ray.data.read_parquet`` and
+Driver side, :func:`tokenized_splits` reads the prepared splits with ``ray.data.read_parquet`` and
 tokenises it in an actor pool (``map_batches``), in a fixed order, and materialises it once.
 Every training worker receives the whole (small, token-id only) dataset unsplit and takes its
 own deterministic slice of every *global* micro-batch of ``world × micro`` rows. That keeps
@@ -50,7 +50,13 @@ class TokenizeActor:
             batch, self.catalog, self.tokenizer, self.job.prompt, self.job.data.task, *self.yes_no
         )
         keep = {"sample_id", "user_id", "item_id", "label", "input_ids", "n_truncated"}
-        return {k: _column(v) for k, v in out.items() if k in keep}
+        columns = {k: _column(v) for k, v in out.items() if k in keep}
+        columns["split"] = np.asarray([Path(p).parent.name for p in _paths(batch)])
+        return columns
+
+
+def _paths(batch) -> list[str]:
+    return batch.column("path").to_pylist() if hasattr(batch, "column") else list(batch["path"])
 
 
 def _column(values: list) -> np.ndarray:
@@ -61,29 +67,45 @@ def _column(values: list) -> np.ndarray:
     return np.asarray(values)
 
 
-def tokenized_split(job: JobConfig, prepared_dir: Path, split: str, limit: int | None = None):
-    """Materialised Ray Dataset of tokenised samples of one split, in sample order.
+def tokenized_splits(job: JobConfig, prepared_dir: Path, splits: list[str]) -> dict[str, Any]:
+    """Materialised Ray Datasets of tokenised samples, one per split, each in sample order.
 
-    Columns: ``sample_id, user_id, item_id, label, input_ids (prompt + answer), n_truncated``.
+    All splits go through one actor pool (the tokenizer loads once per actor, not per split).
+    Columns: ``split, sample_id, user_id, item_id, label, input_ids (prompt + answer), n_truncated``.
     """
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    files = sorted(str(p) for p in (prepared_dir / split).glob("part-*.parquet"))
-    ds = ray.data.read_parquet(files)
-    if limit is not None:
-        ds = ds.limit(limit)
+    quiet_ray_data()
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    files = [str(p) for s in splits for p in sorted((prepared_dir / s).glob("part-*.parquet"))]
     n_actors = max(1, job.ray.data_actors)
-    ds = ds.repartition(max(n_actors * 2, 1)).map_batches(
-        TokenizeActor,
-        fn_constructor_kwargs={"job": _asdict(job), "prepared_dir": str(prepared_dir)},
-        batch_size=256,
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
-        num_cpus=job.ray.data_actor_cpus,
-        batch_format="pyarrow",
+    tokenized = (
+        ray.data.read_parquet(files, include_paths=True)
+        .repartition(n_actors * 2)
+        .map_batches(
+            TokenizeActor,
+            fn_constructor_kwargs={"job": _asdict(job), "prepared_dir": str(prepared_dir)},
+            batch_size=256,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=job.ray.data_actor_cpus,
+            batch_format="pyarrow",
+        )
+        .materialize()
     )
-    return ds.materialize()
+    return {s: tokenized.filter(expr=f"split == '{s}'").materialize() for s in splits}
+
+
+def quiet_ray_data() -> None:
+    """No per-second progress bars or execution-plan logs from Ray Data (driver and workers)."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _asdict(job: JobConfig) -> dict:
@@ -102,6 +124,7 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 def load_rows(shard) -> dict[str, np.ndarray]:
     """Pull a worker's view of the tokenised dataset into memory (token ids only: small)."""
+    quiet_ray_data()
     cols: dict[str, list] = {}
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy", prefetch_batches=1):
         for k, v in batch.items():
@@ -165,6 +188,6 @@ def left_pad(sequences, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for i, s in enumerate(sequences):
         if len(s):
-            ids[i, longest - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            ids[i, longest - len(s) :] = torch.tensor(np.asarray(s), dtype=torch.long)
             mask[i, longest - len(s) :] = 1
     return ids, mask

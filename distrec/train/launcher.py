@@ -77,10 +77,12 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     from ray.train.torch import TorchTrainer
 
     from distrec.eval.report import format_summary, write_report
-    from distrec.train.data_stream import tokenized_split
+    from distrec.model.backbone import tokenizer_dir
+    from distrec.train.data_stream import tokenized_splits
     from distrec.train.loop import train_worker
 
     prepared = ensure_prepared(job)
+    tokenizer_dir(job.model)  # fetch/convert model files once, here, not in every worker
     init_ray(job.ray)
     storage = Path(job.ray.storage_path).expanduser().resolve()
     name = run_name(job) if run_dir is None else Path(run_dir).parent.name
@@ -89,7 +91,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     (run_dir / f"config_{mode}.yaml").write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
 
     splits = ["train", "valid", "test"] if mode == "train" else ["test"]
-    datasets = {s: tokenized_split(job, prepared, s) for s in splits}
+    datasets = tokenized_splits(job, prepared, splits)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "mode": mode, "splits": splits},

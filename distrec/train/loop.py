@@ -51,6 +51,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     per_epoch = steps_per_epoch(len(train_rows["sample_id"]), strategy.world_size, t.micro_batch_size, t.grad_accum) if train_rows else 0
     total_steps = per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, per_epoch * t.epochs)
     engine = strategy.initialize(model, max(total_steps, 1))
+    _write_partition_report(strategy, engine.module, run_dir / "diagnostics")
     monitor = Monitor(run_dir / "tensorboard", enabled=strategy.is_rank0)
     ctx = _Context(job, strategy, engine, tokenizer.pad_token_id, yes_id, no_id, monitor, run_dir)
 
@@ -73,6 +74,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if strategy.is_rank0 and state.step == 0:
             _log_prompt_samples(ctx, tokenizer, train_rows)
         best = _train(ctx, state, train_rows, splits.get("valid"), per_epoch, total_steps)
+        if state.step < total_steps:  # paused by train.stop_at_step
+            monitor.close()
+            return
         if best is not None:
             _assign(strategy, model, best)
         adapter.export(model, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
@@ -148,6 +152,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     **{f"memory/{k}": v for k, v in _peak_memory().items()},
                 })
             last = state.step >= total_steps
+            paused = t.stop_at_step is not None and state.step == t.stop_at_step and not last
             if valid_rows is not None and (state.step % eval_every == 0 or last):
                 metrics = _evaluate(ctx, valid_rows, "valid", write=False, step=state.step)
                 ctx.engine.train()
@@ -155,9 +160,9 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                 if not math.isnan(score) and (state.best_metric is None or score > state.best_metric):
                     state.best_metric = score
                     best_state = _snapshot(ctx)
-            if state.step % ckpt_every == 0 or last:
+            if state.step % ckpt_every == 0 or last or paused:
                 save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch})
-            if last:
+            if last or paused:
                 return best_state
         state.epoch += 1
         state.step_in_epoch = 0
@@ -242,6 +247,14 @@ def _exported_weights(model, adapter_dir: Path) -> dict[str, torch.Tensor]:
                 raise ModelError(f"{path}: has no tensor '{key}' (adapter/model shape mismatch)")
             out[name] = saved[key]
     return out
+
+
+def _write_partition_report(strategy, module, folder: Path) -> None:
+    """Per rank: how much of each parameter this rank holds (ZeRO-3 partitioning evidence)."""
+    rows = {name: strategy.local_numel(p) for name, p in module.named_parameters()}
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"rank": strategy.rank, "world_size": strategy.world_size, "params": rows}
+    (folder / f"partition_rank{strategy.rank}.json").write_text(json.dumps(report))
 
 
 def _peak_memory() -> dict[str, float]:

@@ -1,0 +1,34 @@
+"""Suite-wide set-up: one persistent DISTREC_HOME (fetched data and converted models are
+reused across runs), loopback-only networking, and one local Ray cluster per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures_data import shared_home  # noqa: E402
+
+shared_home()
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster shared by every test that needs one (start-up costs ~6 s)."""
+    import ray
+
+    from distrec.config import RayConfig
+    from distrec.train.launcher import init_ray
+
+    init_ray(RayConfig(num_workers=2))
+    yield ray
+    ray.shutdown()
