@@ -32,3 +32,9 @@ def ray_local():
     init_ray(RayConfig(num_workers=2))
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run tests marked ``ray_cluster`` last: they stop every Ray process on the machine
+    (``ray stop``), which would pull the shared local cluster from under later tests."""
+    items.sort(key=lambda item: item.get_closest_marker("ray_cluster") is not None)

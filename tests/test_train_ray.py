@@ -73,14 +73,14 @@ def test_loss_decreases_and_tensorboard_events_read_back(baseline):
 def test_adapter_export_is_non_empty_and_reloads_equal(baseline):
     from peft import PeftModel
 
-    from distrec.model.backbone import build_model, load_tokenizer
+    from distrec.model.backbone import build_model
 
     saved = adapter_tensors(baseline.run_dir)
     assert len(saved) == 2 * 2 * 2  # 2 layers x (q_proj, v_proj) x (A, B)
     assert all(t.numel() > 0 for t in saved.values())
     assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in saved.items()), "B never trained"
     job = load_job_config(TINY)
-    base = build_model(job.model, vocab_size=len(load_tokenizer(job.model)))
+    base = build_model(job.model)
     reloaded = PeftModel.from_pretrained(base, str(baseline.run_dir / "adapter"))
     params = {n.replace(".default.", "."): p for n, p in reloaded.named_parameters() if "lora_" in n}
     assert set(params) == set(saved)

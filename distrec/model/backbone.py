@@ -36,15 +36,16 @@ TINY_DEFAULTS = dict(
 )
 
 
-def resolve_model_dir(cfg: ModelConfig) -> Path | None:
-    """Local folder with config, weights and tokenizer for ``cfg``; None for ``tiny``.
+def resolve_model_dir(cfg: ModelConfig) -> Path:
+    """Local folder with config, weights and tokenizer for ``cfg``.
 
-    ``smollm2-135m`` and ``*.gguf`` paths are dequantised once into a safetensors folder.
+    ``smollm2-135m`` and ``*.gguf`` paths are dequantised once into a safetensors folder;
+    ``tiny`` is written once as a seeded random checkpoint, so it loads like any real model.
     HF ids are returned as given (as a Path-like str) and resolved by transformers itself.
     """
     name = cfg.name_or_path
     if name == "tiny":
-        return None
+        return materialize_tiny(cfg)
     if name == SMOLLM2:
         from distrec.data.fetch import fetch
 
@@ -75,18 +76,56 @@ def convert_gguf(gguf: Path) -> Path:
     target = models_dir() / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         fresh = type(loaded)(loaded.config)
         fresh.load_state_dict(loaded.state_dict())
         fresh.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+
+    return _install_atomically(target, write)
+
+
+def materialize_tiny(cfg: ModelConfig) -> Path:
+    """A seeded random 2-layer Llama saved once under ``$DISTREC_HOME/models/tiny-<hash>``.
+
+    It borrows SmolLM2's tokenizer (real BPE, ChatML, single-token " Yes"/" No"), and is built
+    outside any ZeRO context so its initialisation is the ordinary HF one; loading it goes
+    through ``from_pretrained`` exactly like a real backbone (partitioned init included).
+    """
+    kwargs = {**TINY_DEFAULTS, **cfg.tiny}
+    digest = hashlib.sha256(repr(sorted(kwargs.items())).encode()).hexdigest()[:10]
+    target = models_dir() / f"tiny-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(ModelConfig(name_or_path=SMOLLM2)))
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **kwargs)
+    fork = torch.random.fork_rng()
+    with fork:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _install_atomically(target, save)
+
+
+def _install_atomically(target: Path, write) -> Path:
+    """Run ``write(tmp)`` into a temporary sibling, then rename it to ``target``.
+
+    A crash leaves no folder that looks complete; a concurrent writer that finished first wins.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        write(tmp)
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent converter's finished copy
+            if not (target / "config.json").is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,8 +133,8 @@ def convert_gguf(gguf: Path) -> Path:
 
 
 def tokenizer_dir(cfg: ModelConfig) -> Path:
-    """Where the tokenizer comes from; ``tiny`` models borrow SmolLM2's (real BPE, ChatML)."""
-    return resolve_model_dir(cfg if cfg.name_or_path != "tiny" else ModelConfig(name_or_path=SMOLLM2))
+    """The folder the tokenizer (and the model) load from; prepares it on first use."""
+    return resolve_model_dir(cfg)
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -114,28 +153,18 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
-def build_model(cfg: ModelConfig, vocab_size: int | None = None):
-    """Instantiate the backbone (inside whatever ZeRO-3 context the caller set up).
-
-    ``vocab_size`` sizes a ``tiny`` model's embedding to its tokenizer.
-    """
-    dtype = torch_dtype(cfg.dtype)
-    if cfg.name_or_path == "tiny":
-        kwargs = {**TINY_DEFAULTS, **cfg.tiny}
-        config = LlamaConfig(vocab_size=vocab_size or 49152, tie_word_embeddings=True, **kwargs)
-        config._attn_implementation = cfg.attn_implementation
-        model = LlamaForCausalLM(config).to(dtype)
-    else:
-        model_dir = resolve_model_dir(cfg)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_dir,
-                dtype=dtype,
-                trust_remote_code=cfg.trust_remote_code,
-                attn_implementation=cfg.attn_implementation,
-            )
-        except OSError as exc:
-            raise ModelError(f"model.name_or_path: cannot load a model from {model_dir}: {exc}") from None
+def build_model(cfg: ModelConfig):
+    """Instantiate the backbone (inside whatever ZeRO-3 context the caller set up)."""
+    model_dir = resolve_model_dir(cfg)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=torch_dtype(cfg.dtype),
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation,
+        )
+    except OSError as exc:
+        raise ModelError(f"model.name_or_path: cannot load a model from {model_dir}: {exc}") from None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -41,7 +41,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(job.model)
     yes_id, no_id = label_token_ids(tokenizer, job.prompt.answer_yes, job.prompt.answer_no)
     with strategy.model_init_context():
-        model = build_model(job.model, vocab_size=len(tokenizer))
+        model = build_model(job.model)
     adapter = make_adapter(job.adapter)
     model = adapter.attach(model)
 
@@ -114,7 +114,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
     from distrec.objectives.ctr import ctr_loss_sum
     from distrec.objectives.normalisation import normalised
 
-    job, strategy, t = ctx.job, ctx.strategy, ctx.job.train
+    _job, strategy, t = ctx.job, ctx.strategy, ctx.job.train
     eval_every = t.eval_every or per_epoch
     ckpt_every = t.checkpoint_every or per_epoch
     best_state = None
