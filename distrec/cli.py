@@ -59,7 +59,7 @@ def data_prepare(
         _fail(exc)
     typer.echo(f"prepared {dataset} ({task}) -> {folder}")
     for split, info in manifest["splits"].items():
-        extra = f", positives {info['positives']} ({info['positive_rate']:.4f})" if "positives" in info else ""
+        extra = f", positives {info['positives']} ({info['positive_rate']:.4f})" if info.get("positives") is not None else ""
         typer.echo(f"  {split:5s}: {info['rows']} samples{extra}")
     for key, value in manifest.get("stats", {}).items():
         typer.echo(f"  {key}: {value}")

@@ -112,7 +112,11 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    metrics = json.loads((run_dir / f"metrics_{mode}.json").read_text())
+    metrics_file = run_dir / f"metrics_{mode}.json"
+    if not metrics_file.is_file():  # paused by train.stop_at_step: checkpoint written, no evaluation yet
+        print(f"run {name} paused at step {job.train.stop_at_step}; run again with ray.run_name={name} to continue")
+        return RunResult(run_dir=run_dir, metrics={}, report=None, elapsed_s=time.perf_counter() - started)
+    metrics = json.loads(metrics_file.read_text())
     paths = {
         "predictions": str(run_dir / "predictions_test.parquet"),
         "adapter": str(run_dir / "adapter"),
