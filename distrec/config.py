@@ -149,6 +149,26 @@ class RayConfig:
 
 
 @dataclass
+class CftConfig:
+    """Counterfactual fine-tuning (generative task). ``lam: 0`` with ``weight_rule: uniform`` is plain SFT.
+
+    Defaults follow the authors' code: λ = 0.1, linear decay to β = 0.25, weights on both
+    terms, gradient through both branches; the alternatives are the open choices of the paper.
+    """
+
+    lam: float = 0.1
+    beta: Optional[float] = None  # None -> the rule's default (linear 0.25, legacy 3.6)
+    weight_rule: Literal["linear", "legacy", "uniform"] = "linear"
+    weight_both: bool = True  # weights on L_n too (authors' code) or on L_c only
+    cf_grad: bool = True  # gradient through the counterfactual branch
+    stacked: bool = True  # both branches in one forward
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise ValueError(f"cft.lam must be >= 0, got {self.lam}")
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 8
     max_samples: Optional[int] = None  # cap on validation samples during training
@@ -164,6 +184,7 @@ class JobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cft: CftConfig = field(default_factory=CftConfig)
 
 
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

@@ -8,9 +8,7 @@ experts written out by hand.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 
 import pytest
 import torch
@@ -31,6 +29,15 @@ from distrec.model.adapters.cflora import (
 )
 
 R, D_H = 8, 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one intra-op thread is faster, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -201,7 +208,7 @@ def test_generated_layer_without_instance_raises():
 def test_backward_under_gradient_checkpointing_needs_the_context_open():
     model, adapter = cflora("generated")
     randomise_b(model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     x, h = ids(), torch.randn(3, D_H)
     with adapter.instance(h):
@@ -257,11 +264,11 @@ def peft_export(tmp_path, zero_b: bool = False):
 
 def test_two_stage_init_from_peft_lora(tmp_path):
     peft_model, lora_dir = peft_export(tmp_path)
-    model, adapter = cflora("identity", freeze_ab=True, lora_init_dir=str(lora_dir))
+    model, _ = cflora("identity", freeze_ab=True, lora_init_dir=str(lora_dir))
     x = ids()
     with torch.no_grad():
         assert torch.allclose(model(x).logits, peft_model(input_ids=x).logits, atol=1e-6)
-    gen, gen_adapter = cflora("generated", freeze_ab=True, lora_init_dir=str(lora_dir))
+    gen, _ = cflora("generated", freeze_ab=True, lora_init_dir=str(lora_dir))
     trainable = {n for n, p in gen.named_parameters() if p.requires_grad}
     assert trainable and all(".gate." in n for n in trainable)
     _, zero_dir = peft_export(tmp_path / "z", zero_b=True)

@@ -303,7 +303,7 @@ def cft_rows():
     g = torch.Generator().manual_seed(3)
     resp = [[5, 6, 7, EOS], [8, 9, EOS], [10, 11, 12, 13, 14, EOS]]
     f_prompt_lens, cf_prompt_lens = [9, 12, 6], [4, 3, 5]
-    rand = lambda n: torch.randint(2, 40, (n,), generator=g).tolist()  # noqa: E731
+    rand = lambda n: torch.randint(2, 40, (n,), generator=g).tolist()
     f = left_padded([rand(p) + r for p, r in zip(f_prompt_lens, resp)], [len(r) for r in resp])
     cf = left_padded([rand(p) + r for p, r in zip(cf_prompt_lens, resp)], [len(r) for r in resp])
     return f, cf

@@ -27,7 +27,7 @@ by exact L2 distance. Differences from the authors' scripts, on purpose:
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ def last_token_states(
     tokenizer,
     texts: Sequence[str],
     batch_size: int = 32,
-    device: Optional[torch.device | str] = None,
+    device: torch.device | str | None = None,
     add_special_tokens: bool = True,
 ) -> np.ndarray:
     """Final-layer hidden state of each text's last token: ``[N, H]`` float32.
@@ -131,7 +131,7 @@ def last_token_states(
 # ------------------------------------------------------------------------------ search
 
 
-def _title_map(item_ids: Sequence[int], titles) -> Optional[dict[int, str]]:
+def _title_map(item_ids: Sequence[int], titles) -> dict[int, str] | None:
     """Titles as ``{item_id: title}``: a mapping, or a sequence aligned with ``item_ids``."""
     if titles is None:
         return None
@@ -230,7 +230,7 @@ class ItemIndex:
 # -------------------------------------------------------------------------------- ranks
 
 
-def rank_of(target_item: int, ranking: Sequence[int], titles: Optional[Mapping[int, str]] = None) -> int:
+def rank_of(target_item: int, ranking: Sequence[int], titles: Mapping[int, str] | None = None) -> int:
     """0-based rank of the first item in ``ranking`` whose title equals the target's title
     (so all items sharing a title share the best rank); −1 if none. Without ``titles``,
     matches by item id."""
@@ -255,7 +255,7 @@ def _canonical_ids(titles: Mapping[int, str]) -> dict[int, int]:
 def grounded_ranks(
     beam_rankings_per_sample: Sequence[Sequence[Sequence[int]]],
     targets: Sequence[int],
-    titles: Optional[Mapping[int, str]] = None,
+    titles: Mapping[int, str] | None = None,
     mode: str = "top_beam",
     cut: int = 500,
 ) -> np.ndarray:

@@ -33,6 +33,7 @@ TINY_DEFAULTS = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=2048,
+    initializer_range=0.2,  # large enough that a frozen tied head can still express confident logits
 )
 
 

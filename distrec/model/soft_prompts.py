@@ -20,7 +20,7 @@ partitioned with it.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class Projector(nn.Module):
         return self.fc2(self.act(self.fc1(e)))
 
 
-def add_placeholder_tokens(tokenizer, model: Optional[nn.Module] = None) -> dict[str, int]:
+def add_placeholder_tokens(tokenizer, model: nn.Module | None = None) -> dict[str, int]:
     """Add ``" [hist]"`` / ``" [target]"`` as special tokens; resize ``model``'s embeddings.
 
     Idempotent. Returns ``{"hist": id, "target": id}``. The leading space belongs to the token
@@ -89,8 +89,8 @@ def placeholder_token_ids(tokenizer) -> dict[str, int]:
 
 
 def _flatten_history(
-    hist_item_embs: Union[Sequence[torch.Tensor], torch.Tensor],
-    hist_counts: Optional[Union[Sequence[int], torch.Tensor]],
+    hist_item_embs: Sequence[torch.Tensor] | torch.Tensor,
+    hist_counts: Sequence[int] | torch.Tensor | None,
     batch: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (all rows' history embeddings row after row ``[Σn_i, d]``, counts ``[B]``)."""
@@ -120,10 +120,10 @@ def inject(
     embed_tokens: nn.Module,
     input_ids: torch.Tensor,
     placeholder_ids: Mapping[str, int],
-    hist_item_embs: Union[Sequence[torch.Tensor], torch.Tensor],
+    hist_item_embs: Sequence[torch.Tensor] | torch.Tensor,
     target_item_embs: torch.Tensor,
     projector: nn.Module,
-    hist_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    hist_counts: Sequence[int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``inputs_embeds [B, T, d_llm]``: token embeddings with the markers replaced.
 

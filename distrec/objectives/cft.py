@@ -41,7 +41,7 @@ Switches, and which follow the authors' code (``itsmeyjt/CFT@5bd1805:train.py``)
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ WEIGHT_RULES = ("linear", "legacy", "uniform")
 
 
 def token_weights(
-    label_mask: torch.Tensor, beta: Optional[float] = None, rule: str = "linear"
+    label_mask: torch.Tensor, beta: float | None = None, rule: str = "linear"
 ) -> torch.Tensor:
     """Per-token CFT weights, decaying along each row's label tokens. No gradient.
 
@@ -102,7 +102,7 @@ def token_weights(
 
 
 def label_normalisers(
-    labels: torch.Tensor, beta: Optional[float] = None, rule: str = "linear"
+    labels: torch.Tensor, beta: float | None = None, rule: str = "linear"
 ) -> dict[str, torch.Tensor]:
     """``{"weight_sum": Σ w, "tokens": n_label_tokens}`` from labels alone (0-dim float32).
 
@@ -219,13 +219,13 @@ def cft_logits(
     f_ids: torch.Tensor,
     f_mask: torch.Tensor,
     f_labels: torch.Tensor,
-    cf_ids: Optional[torch.Tensor] = None,
-    cf_mask: Optional[torch.Tensor] = None,
+    cf_ids: torch.Tensor | None = None,
+    cf_mask: torch.Tensor | None = None,
     pad_id: int = 0,
-    cf_labels: Optional[torch.Tensor] = None,
+    cf_labels: torch.Tensor | None = None,
     stacked: bool = True,
     cf_grad: bool = True,
-) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Forward(s) for one micro-batch: ``(z_f, z_cf, y)`` ready for :func:`cft_loss_sums`.
 
     Args:
@@ -273,9 +273,9 @@ def cft_logits(
 
 def cft_loss_sums(
     z_f: torch.Tensor,
-    z_cf: Optional[torch.Tensor],
+    z_cf: torch.Tensor | None,
     labels: torch.Tensor,
-    weights: Optional[torch.Tensor] = None,
+    weights: torch.Tensor | None = None,
     cf_grad: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Summed CFT loss terms of one micro-batch, to be summed over micro-batches and ranks.
@@ -324,7 +324,7 @@ def combine(
     sums: Mapping[str, torch.Tensor],
     lam: float = DEFAULT_LAMBDA,
     weight_both: bool = True,
-    normalisers: Optional[Mapping[str, torch.Tensor | float]] = None,
+    normalisers: Mapping[str, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """The CFT loss from summed terms.
 
@@ -364,7 +364,7 @@ def combine(
 def eval_loss(
     sums: Mapping[str, torch.Tensor],
     weight_both: bool = True,
-    normalisers: Optional[Mapping[str, torch.Tensor | float]] = None,
+    normalisers: Mapping[str, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """Evaluation loss = ``L_n`` only (the authors add ``L_c`` only in training); weighted as
     in training when ``weight_both`` (the authors' eval loss carries the weights too)."""

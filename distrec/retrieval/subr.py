@@ -110,11 +110,13 @@ class ItemSpace:
     info: dict[str, Any] = field(default_factory=dict)
     _matrix: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     _faiss: Any = field(default=None, repr=False, compare=False)
+    _lut: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # ship vectors only; caches are rebuilt
         state = dict(self.__dict__)
         state["_matrix"] = None
         state["_faiss"] = None
+        state["_lut"] = None
         return state
 
     @property
@@ -124,6 +126,14 @@ class ItemSpace:
     def rows(self, ids: np.ndarray, what: str = "item") -> np.ndarray:
         """Row of each id; DataError naming the first id that has no vector."""
         ids = np.asarray(ids, dtype=np.int64)
+        lut = self._lookup_table()
+        if lut is not None:  # dense ids: one gather instead of a binary search per id
+            inside = (ids >= 0) & (ids < lut.size)
+            pos = np.where(inside, lut[np.where(inside, ids, 0)], -1)
+            if (pos < 0).any():
+                first = int(ids[np.flatnonzero(pos < 0)[0]])
+                raise DataError(f"SUBR: {what} id {first} has no vector (not in the item table of {self.n_items} items)")
+            return pos.astype(np.int64)
         pos = np.searchsorted(self.item_ids, ids)
         pos_c = np.minimum(pos, max(self.n_items - 1, 0))
         bad = (pos >= self.n_items) | (self.item_ids[pos_c] != ids) if self.n_items else np.ones(ids.shape, bool)
@@ -131,6 +141,16 @@ class ItemSpace:
             first = int(ids[np.flatnonzero(bad)[0]])
             raise DataError(f"SUBR: {what} id {first} has no vector (not in the item table of {self.n_items} items)")
         return pos_c.astype(np.int64)
+
+    def _lookup_table(self) -> Optional[np.ndarray]:
+        """id -> row table when ids are non-negative and not too sparse (max id < 8n + 2^20)."""
+        if self._lut is None and self.n_items and self.item_ids[0] >= 0:
+            top = int(self.item_ids[-1])
+            if top < 8 * self.n_items + (1 << 20):
+                lut = np.full(top + 1, -1, dtype=np.int32)
+                lut[self.item_ids] = np.arange(self.n_items, dtype=np.int32)
+                self._lut = lut
+        return self._lut
 
     def matrix(self) -> np.ndarray:
         """The item×item score matrix (float32 [n, n]), computed once."""

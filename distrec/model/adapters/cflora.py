@@ -43,9 +43,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ class CFLoraConfig:
     d_instance: int = 256  # width of h_u: must equal the CRM's hidden size
     g_init: str = "kaiming"  # static mode only: "kaiming" (as nn.Linear) or "identity"
     freeze_ab: bool = False  # two-stage regime: A, B from a LoRA stage, frozen
-    lora_init_dir: Optional[str] = None  # PEFT LoRA export to initialise A and B from
+    lora_init_dir: str | None = None  # PEFT LoRA export to initialise A and B from
 
     def __post_init__(self) -> None:
         if self.r <= 0:
@@ -105,16 +105,16 @@ class InstanceContext:
     matrix for ``mode="fixed"`` layers.
     """
 
-    def __init__(self, d_instance: Optional[int] = None, r: Optional[int] = None) -> None:
+    def __init__(self, d_instance: int | None = None, r: int | None = None) -> None:
         self.d_instance = d_instance
         self.r = r
-        self.h: Optional[torch.Tensor] = None
-        self.g: Optional[torch.Tensor] = None
+        self.h: torch.Tensor | None = None
+        self.g: torch.Tensor | None = None
 
     @contextlib.contextmanager
     def __call__(
-        self, h_u: Optional[torch.Tensor] = None, *, g: Optional[torch.Tensor] = None
-    ) -> Iterator["InstanceContext"]:
+        self, h_u: torch.Tensor | None = None, *, g: torch.Tensor | None = None
+    ) -> Iterator[InstanceContext]:
         """Set ``h_u`` (and/or ``g``) for the model calls -- forward *and* backward -- inside."""
         if h_u is not None:
             if h_u.dim() != 2:
@@ -125,9 +125,10 @@ class InstanceContext:
                     f"cflora.d_instance={self.d_instance} (it must equal the CRM hidden size)"
                 )
             h_u = h_u.detach()
-        if g is not None:
-            if g.dim() not in (2, 3) or (self.r is not None and tuple(g.shape[-2:]) != (self.r, self.r)):
-                raise ModelError(f"CFLoRA interaction matrix must be [r, r] or [batch, r, r] with r={self.r}, got {tuple(g.shape)}")
+        if g is not None and (
+            g.dim() not in (2, 3) or (self.r is not None and tuple(g.shape[-2:]) != (self.r, self.r))
+        ):
+            raise ModelError(f"CFLoRA interaction matrix must be [r, r] or [batch, r, r] with r={self.r}, got {tuple(g.shape)}")
         previous = (self.h, self.g)
         self.h, self.g = h_u, g
         try:
@@ -187,8 +188,8 @@ class CFLoraLinear(nn.Module):
         *,
         g_init: str = "kaiming",
         freeze_ab: bool = False,
-        context: Optional[InstanceContext] = None,
-        g_fixed: Optional[torch.Tensor] = None,
+        context: InstanceContext | None = None,
+        g_fixed: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -249,7 +250,7 @@ class CFLoraLinear(nn.Module):
         return [m for n, m in self.named_children() if n not in ("base", "lora_dropout")]
 
     # -- interaction -------------------------------------------------------------------------
-    def interaction(self, batch: int) -> Optional[torch.Tensor]:
+    def interaction(self, batch: int) -> torch.Tensor | None:
         """``G_u`` per instance, ``[batch, r, r]``, column convention ``ΔW_u = s·B·G_u·A``.
 
         None for ``mode="identity"`` (G ≡ I). Reads the adapter's :class:`InstanceContext`.
@@ -359,7 +360,7 @@ class CFLoraAdapter(Adapter):
         self.cfg = cfg
         self.context = InstanceContext(cfg.d_instance, cfg.r)
 
-    def instance(self, h_u: Optional[torch.Tensor] = None, *, g: Optional[torch.Tensor] = None):
+    def instance(self, h_u: torch.Tensor | None = None, *, g: torch.Tensor | None = None):
         """Context manager: the instance representation ``h_u [B, d_instance]`` (or, for mode
         "fixed", ``g``) that this adapter's layers use. Keep ``backward`` inside it."""
         return self.context(h_u, g=g)
@@ -426,7 +427,7 @@ class CFLoraAdapter(Adapter):
         state = load_file(str(weights))
         norm = {}
         for key, t in state.items():
-            k = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+            k = key.removeprefix("base_model.model.")
             norm[k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")] = t
         used, problems = set(), []
         layers = cflora_layers(model)

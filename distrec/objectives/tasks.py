@@ -1,0 +1,168 @@
+"""What the training loop trains and evaluates, per task: CTR (yes/no) or generative (SFT/CFT).
+
+The loop is task-agnostic. Per optimiser step it asks the task for this rank's loss
+normalisers (:meth:`normalisers`), all-reduces them, and calls :meth:`micro_loss` for each
+micro-batch with the global values, so accumulation and data parallelism equal one larger
+batch. For evaluation it asks for per-row predictions (:meth:`eval_rows`) and turns the
+gathered rows into metrics (:meth:`metrics`); :attr:`selection` names the validation metric
+that picks the best state and whether higher is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from distrec.train.data_stream import left_pad
+
+
+@dataclass
+class Batchify:
+    """Turns numpy object columns of token ids into left-padded tensors on a device."""
+
+    pad_id: int
+    device: torch.device
+
+    def ids(self, sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = left_pad(sequences, self.pad_id)
+        return ids.to(self.device), mask.to(self.device)
+
+    def labels(self, sequences, width: int) -> torch.Tensor:
+        """Left-pad label rows with −100 to ``width`` columns."""
+        out = torch.full((len(sequences), width), -100, dtype=torch.long)
+        for i, s in enumerate(sequences):
+            out[i, width - len(s):] = torch.as_tensor(np.asarray(s), dtype=torch.long)
+        return out.to(self.device)
+
+
+class CtrTask:
+    """P(yes) at the answer position; LM loss of the answer token (see ``objectives.ctr``)."""
+
+    selection = ("auc", True)
+
+    def __init__(self, yes_id: int, no_id: int, batchify: Batchify) -> None:
+        self.yes_id, self.no_id, self.b = yes_id, no_id, batchify
+
+    def normalisers(self, micro_batches: list[dict]) -> dict[str, float]:
+        return {"tokens": float(sum(len(mb["sample_id"]) for mb in micro_batches))}
+
+    def _logits(self, engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        from distrec.objectives.ctr import answer_logits
+
+        ids, mask = self.b.ids([seq[:-1] for seq in batch["input_ids"]])
+        answers = torch.as_tensor([int(seq[-1]) for seq in batch["input_ids"]], device=ids.device)
+        return answer_logits(engine, ids, mask), answers
+
+    def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """This micro-batch's share of the global mean answer loss (and its summed loss)."""
+        from distrec.objectives.ctr import ctr_loss_sum
+
+        logits, answers = self._logits(engine, mb)
+        loss_sum = ctr_loss_sum(logits, answers)
+        return loss_sum / max(norms["tokens"], 1.0), {"loss_sum": float(loss_sum.detach())}
+
+    @staticmethod
+    def step_loss(stats: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
+        return {"train/loss": stats["loss_sum"] / max(norms["tokens"], 1.0)}
+
+    @torch.no_grad()
+    def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:
+        from distrec.objectives.ctr import p_yes
+
+        logits, _ = self._logits(engine, batch)
+        probs = p_yes(logits, self.yes_id, self.no_id).cpu().numpy()
+        return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(probs[i]))
+                for i in range(n_real)]
+
+    @staticmethod
+    def metrics(rows: list[tuple]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        from distrec.eval.ctr_metrics import ctr_metrics
+
+        table = np.array(sorted(rows), dtype=object)
+        columns = {
+            "sample_id": table[:, 0].astype(np.int64), "user_id": table[:, 1].astype(np.int64),
+            "label": table[:, 2].astype(np.int8), "p_yes": table[:, 3].astype(np.float32),
+        }
+        return ctr_metrics(columns["label"], columns["p_yes"], columns["user_id"]), columns
+
+
+class GenerativeTask:
+    """Next-item title generation: SFT, or CFT when ``cft.lam > 0`` (``objectives.cft``).
+
+    Validation during training uses the evaluation loss ``L_n`` (lower is better): beam
+    search over a catalogue is far too slow to run every few steps on CPU. The final
+    grounded HR/NDCG evaluation lives in ``eval.generation``.
+    """
+
+    selection = ("loss", False)
+
+    def __init__(self, cft, batchify: Batchify) -> None:
+        self.cft, self.b = cft, batchify
+
+    def _label_rows(self, mb: dict, width: int) -> torch.Tensor:
+        return self.b.labels(mb["labels"], width)
+
+    def normalisers(self, micro_batches: list[dict]) -> dict[str, float]:
+        from distrec.objectives.cft import label_normalisers
+
+        total = {"weight_sum": 0.0, "tokens": 0.0}
+        for mb in micro_batches:
+            width = max(len(s) for s in mb["labels"])
+            norms = label_normalisers(self._label_rows(mb, width), self.cft.beta, self.cft.weight_rule)
+            for k in total:
+                total[k] += float(norms[k])
+        return total
+
+    def _sums(self, engine, mb: dict, with_cf: bool) -> dict[str, torch.Tensor]:
+        from distrec.objectives.cft import cft_logits, cft_loss_sums, token_weights
+
+        f_ids, f_mask = self.b.ids(mb["input_ids"])
+        f_labels = self._label_rows(mb, f_ids.shape[1])
+        cf_ids = cf_mask = None
+        if with_cf:
+            cf_ids, cf_mask = self.b.ids(mb["cf_input_ids"])
+        z_f, z_cf, y = cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask, self.b.pad_id,
+                                  stacked=self.cft.stacked, cf_grad=self.cft.cf_grad)
+        weights = token_weights(y != -100, self.cft.beta, self.cft.weight_rule)
+        return cft_loss_sums(z_f, z_cf, y, weights, cf_grad=self.cft.cf_grad)
+
+    def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        from distrec.objectives.cft import combine
+
+        sums = self._sums(engine, mb, with_cf=self.cft.lam > 0)
+        loss = combine(sums, self.cft.lam, self.cft.weight_both, normalisers=norms)
+        return loss, {k: float(v.detach()) for k, v in sums.items()}
+
+    def step_loss(self, stats: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
+        w, n = max(norms["weight_sum"], 1e-12), max(norms["tokens"], 1.0)
+        ln = stats["ln_sum"] / w if self.cft.weight_both else stats["ln_plain_sum"] / n
+        lc = stats["lc_sum"] / w
+        return {"train/loss": ln + self.cft.lam * lc, "train/loss_n": ln, "train/loss_c": lc}
+
+    @torch.no_grad()
+    def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:
+        """One forward over the (padded) batch; the padding rows' labels are masked out.
+
+        Returns one row of summed loss terms keyed by the batch's first sample id.
+        """
+        batch = dict(batch)
+        batch["labels"] = [s if i < n_real else np.full(len(s), -100) for i, s in enumerate(batch["labels"])]
+        if n_real == 0:
+            batch["labels"][0] = np.asarray(batch["labels"][0]).copy()
+            batch["labels"][0][-1] = batch["input_ids"][0][-1]  # keep one label so the forward runs
+        sums = self._sums(engine, batch, with_cf=False)
+        if n_real == 0:
+            return []
+        return [(int(batch["sample_id"][0]), float(sums["ln_sum"]), float(sums["weight_sum"]),
+                 float(sums["ln_plain_sum"]), float(sums["tokens"]))]
+
+    def metrics(self, rows: list[tuple]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        table = np.array(sorted(rows), dtype=np.float64).reshape(-1, 5)
+        if self.cft.weight_both:
+            loss = table[:, 1].sum() / max(table[:, 2].sum(), 1e-12)
+        else:
+            loss = table[:, 3].sum() / max(table[:, 4].sum(), 1.0)
+        return {"loss": float(loss), "tokens": int(table[:, 4].sum())}, {}
