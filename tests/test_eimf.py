@@ -10,7 +10,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from distrec.interests.backbones import ComiRecDR, ComiRecSA, ItemIndex, build_backbone, squash
+from distrec.interests.backbones import (
+    ComiRecDR,
+    ComiRecSA,
+    ItemIndex,
+    build_backbone,
+    squash,
+)
 from distrec.interests.config import (
     BackboneConfig,
     EimfConfig,
@@ -21,7 +27,12 @@ from distrec.interests.config import (
     SelectionConfig,
     eimf_config_from_dict,
 )
-from distrec.interests.evaluate import brute_force_topn, evaluate_retrieval, merged_topn, retrieval_metrics
+from distrec.interests.evaluate import (
+    brute_force_topn,
+    evaluate_retrieval,
+    merged_topn,
+    retrieval_metrics,
+)
 from distrec.interests.losses import (
     NegativeSampler,
     Pairs,
@@ -30,8 +41,21 @@ from distrec.interests.losses import (
     match_interests,
     sampled_softmax_loss,
 )
-from distrec.interests.train import EimfModel, SemanticBank, build_model, make_batch, make_labels, encode_samples, step, train_eimf
-from distrec.interests.typical_users import latest_sequences, select_from_model, select_typical_users
+from distrec.interests.train import (
+    EimfModel,
+    SemanticBank,
+    build_model,
+    encode_samples,
+    make_batch,
+    make_labels,
+    step,
+    train_eimf,
+)
+from distrec.interests.typical_users import (
+    latest_sequences,
+    select_from_model,
+    select_typical_users,
+)
 
 N_ITEMS, N_USERS, D_SEM = 48, 40, 8
 
@@ -65,7 +89,7 @@ def samples() -> pa.Table:
     for u in range(N_USERS):
         seq = [100 + int(x) for x in rng.choice(np.arange(u % 4, N_ITEMS, 4), 10)]
         for j in range(1, len(seq)):
-            rows.append(dict(sample_id=sid, user_id=u, item_id=seq[j], timestamp=1000 + j, history_item_ids=seq[max(0, j - 10) : j]))
+            rows.append({"sample_id": sid, "user_id": u, "item_id": seq[j], "timestamp": 1000 + j, "history_item_ids": seq[max(0, j - 10) : j]})
             sid += 1
     return pa.Table.from_pylist(rows)
 
@@ -243,7 +267,7 @@ def test_step_without_typical_users_is_rec_only(items, samples):
     model = build_model(index.num_items, cfg, bank.dim)
     idx = np.arange(16)
     batch, labels = make_batch(data, idx, torch.device("cpu")), make_labels(bank, data.user_id[idx], torch.device("cpu"))
-    loss, parts = step(model, batch, labels, cfg=cfg, sampler=None)
+    _, parts = step(model, batch, labels, cfg=cfg, sampler=None)
     assert parts["loss_pred"] == 0.0 and parts["loss_align"] == 0.0 and parts["n_typical"] == 0.0
     assert parts["loss"] == parts["loss_rec"]
 

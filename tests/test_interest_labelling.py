@@ -51,9 +51,10 @@ def test_parse_well_formed():
         ("- Interest: Sci-fi | Reason: a\n* INTEREST:   Film   noir |REASON: b\n• Interest - Cartoons", ["Sci-fi", "Film noir", "Cartoons"]),
         ("**Interest:** \"Romantic comedies\". | **Reason:** x\n   \n  Interest 2: 90s action | reason: y", ["Romantic comedies", "90s action"]),
         ("Sure! Here are the interests:\nSci-fi | Reason: lots of it\nThanks.", ["Sci-fi"]),
+        ("### Interest: Space opera - Reason: Star Wars\nInterest: Heists; reason: Heat", ["Space opera", "Heists"]),
         ("Interest: Sci-fi | Reason: a\nInterest: SCI-FI | Reason: dup\nInterest: sci-fi", ["Sci-fi"]),
     ],
-    ids=["numbered", "bulleted-case-space", "markdown-quotes", "unlabelled-with-reason", "duplicates"],
+    ids=["numbered", "bulleted-case-space", "markdown-quotes", "unlabelled-with-reason", "dash-reason", "duplicates"],
 )
 def test_parse_tolerant(text, expected):
     assert parse_interests(text, 4) == expected
@@ -107,7 +108,7 @@ def samples() -> pa.Table:
     for u in range(N_USERS):
         seq = [i for i in range(1, 25) if i % 4 == u % 4][:5]
         for j in range(1, len(seq)):
-            rows.append(dict(sample_id=sid, user_id=u, item_id=seq[j], timestamp=j, history_item_ids=seq[:j]))
+            rows.append({"sample_id": sid, "user_id": u, "item_id": seq[j], "timestamp": j, "history_item_ids": seq[:j]})
             sid += 1
     return pa.Table.from_pylist(rows)
 
@@ -181,8 +182,9 @@ def test_actor_left_padded_batch_matches_single(tiny_llm_dir, samples, items, se
     assert batched.column("n_attempts").to_pylist() == [1, 1, 1]
 
 
+@pytest.mark.ray
 def test_stage_with_tiny_llm(ray_local, tiny_llm_dir, samples, items, selection, tmp_path):
-    cfg = LabelConfig(model=str(tiny_llm_dir), num_actors=2, batch_size=3, max_new_tokens=6, keep_dropped=True, seed=1)
+    cfg = LabelConfig(model=str(tiny_llm_dir), num_actors=2, batch_size=4, max_new_tokens=4, keep_dropped=True, seed=1)
     out = tmp_path / "labels.parquet"
     table, stats = label_typical_users(selection, samples, items, hashing_encoder, cfg, out_path=out)
     assert table.schema.equals(LABELS_SCHEMA)
@@ -202,6 +204,7 @@ def test_stage_with_tiny_llm(ray_local, tiny_llm_dir, samples, items, selection,
         assert (parse_interests(raw, cfg.max_interests) or []) == interests
 
 
+@pytest.mark.ray
 def test_stage_with_injected_llm(ray_local, samples, items, selection, tmp_path):
     def fake_generate(prompts, *, sample, seed):
         outs = []

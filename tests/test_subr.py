@@ -214,10 +214,17 @@ def tmp_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def test_minilm_encoder_is_384d_and_cache_hits_are_identical(tmp_home):
-    from distrec.retrieval.encoders import SentenceEncoder, cache_path, cached_encode
+@pytest.fixture(scope="module")
+def minilm():
+    from distrec.retrieval.encoders import SentenceEncoder
 
-    enc = SentenceEncoder(batch_size=16)
+    return SentenceEncoder(batch_size=16)
+
+
+def test_minilm_encoder_is_384d_and_cache_hits_are_identical(tmp_home, minilm):
+    from distrec.retrieval.encoders import cache_path, cached_encode
+
+    enc = minilm
     texts = ["Movie: Toy Story (1995). Genres: Animation, Comedy.", "Movie: Heat (1995). Genre: Crime.",
              "Book: The Hobbit. Author: J. R. R. Tolkien."]
     calls = []
@@ -279,8 +286,8 @@ def test_llm_mean_pool_encoder_matches_manual_mean_and_ignores_batch_mates(tmp_h
     assert enc.cache_id != LLMMeanPoolEncoder(model, tok, template="USER: {text}").cache_id
 
 
-def test_encode_items_in_a_ray_actor_pool_equals_in_process(ray_local, tmp_home):
-    from distrec.retrieval.encoders import SentenceEncoder, encode_items
+def test_encode_items_in_a_ray_actor_pool_equals_in_process(ray_local, tmp_home, minilm):
+    from distrec.retrieval.encoders import encode_items
 
     items = pa.Table.from_pylist([
         {"item_id": 30 - i, "title": f"Film number {i}", "categories": ["Drama"] if i % 2 else ["Comedy"],
@@ -289,7 +296,7 @@ def test_encode_items_in_a_ray_actor_pool_equals_in_process(ray_local, tmp_home)
     ids, vecs, info = encode_items(items, "ml-1m", spec="minilm", n_actors=1, batch_size=8)
     _, texts = item_texts(items, "ml-1m")
     assert ids.tolist() == sorted(items.column("item_id").to_pylist())
-    np.testing.assert_allclose(vecs, SentenceEncoder().encode(texts), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vecs, minilm.encode(texts), rtol=1e-4, atol=1e-5)
     assert info["dim"] == 384 and not info["cache_hit"]
     ids2, vecs2, info2 = encode_items(items, "ml-1m", spec="minilm", n_actors=1, batch_size=8)
     assert info2["cache_hit"] and np.array_equal(vecs, vecs2)

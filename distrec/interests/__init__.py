@@ -85,7 +85,7 @@ _EXPORTS = {
     "LabelStats": "labelling",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

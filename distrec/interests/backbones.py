@@ -22,8 +22,8 @@ Both follow ComiRec's public TF code (``THUDM/ComiRec`` ``src/model.py``) [C]:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,7 @@ class ItemIndex:
     ids: np.ndarray  # int64, sorted, unique
 
     @classmethod
-    def from_items(cls, items: pa.Table | Sequence[int] | np.ndarray) -> "ItemIndex":
+    def from_items(cls, items: pa.Table | Sequence[int] | np.ndarray) -> ItemIndex:
         raw = items.column("item_id").to_numpy() if isinstance(items, pa.Table) else np.asarray(items)
         ids = np.unique(raw.astype(np.int64))
         return cls(ids=ids)

@@ -15,7 +15,7 @@ With one target per query, Recall@K = HR@K (1 iff the target is among the top K)
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +64,7 @@ def build_index(items: np.ndarray):
     return index
 
 
-def _exclusion_mask(cand: np.ndarray, exclude: Optional[Sequence[np.ndarray]]) -> np.ndarray:
+def _exclusion_mask(cand: np.ndarray, exclude: Sequence[np.ndarray] | None) -> np.ndarray:
     """Bool [B, C]: candidate (item position) is in that user's excluded set."""
     out = np.zeros(cand.shape, dtype=bool)
     if exclude is None:
@@ -79,7 +79,7 @@ def merged_topn(
     interests: np.ndarray,
     items: np.ndarray,
     n: int,
-    exclude: Optional[Sequence[np.ndarray]] = None,
+    exclude: Sequence[np.ndarray] | None = None,
     index=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-n item positions [B, n] and scores by max over interests, via per-interest faiss search.
@@ -114,7 +114,7 @@ def merged_topn(
 
 
 def brute_force_topn(
-    interests: np.ndarray, items: np.ndarray, n: int, exclude: Optional[Sequence[np.ndarray]] = None
+    interests: np.ndarray, items: np.ndarray, n: int, exclude: Sequence[np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference for :func:`merged_topn`: score every item by max over interests, sort."""
     scores = np.einsum("bkd,nd->bkn", interests, items).max(axis=1).astype(np.float32)
@@ -142,7 +142,7 @@ def evaluate_retrieval(
     model,
     samples_table: pa.Table,
     items: pa.Table | ItemIndex,
-    cfg: Optional[EimfEvalConfig] = None,
+    cfg: EimfEvalConfig | None = None,
     *,
     return_topn: bool = False,
 ) -> dict:
@@ -174,7 +174,7 @@ def evaluate_retrieval(
     top = np.concatenate(tops) if tops else np.zeros((0, n), dtype=np.int64)
     top_ids = index.item_ids(top + 1)  # positions -> rows -> ids; -1 stays -1
     targets = index.ids[data.target - 1]
-    out: dict = {"n": int(len(data)), **retrieval_metrics(top_ids, targets, cfg.ks)}
+    out: dict = {"n": len(data), **retrieval_metrics(top_ids, targets, cfg.ks)}
     if return_topn:
         out["topn_item_ids"] = top_ids
         out["topn_scores"] = np.concatenate(scores) if scores else np.zeros((0, n), dtype=np.float32)

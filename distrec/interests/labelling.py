@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +109,7 @@ def _clean_phrase(phrase: str) -> str | None:
     prev = None
     while prev != phrase:  # quotes, brackets and trailing punctuation, in any nesting
         prev = phrase
-        phrase = phrase.strip(" \t\"'“”‘’[](){}").rstrip(".,;:!").strip()
+        phrase = phrase.strip(" \t\"'“”‘’[](){}").rstrip(".,;:!-–—").strip()
     if not phrase or len(phrase) > MAX_PHRASE_CHARS or _PLACEHOLDER.match(phrase):
         return None
     if not re.search(r"[^\W\d_]", phrase):  # no letter at all
@@ -237,7 +237,7 @@ def hf_generate(model, tok, prompts: list[str], *, sample: bool, seed: int, cfg:
     texts = [render(tok, p, cfg.use_chat_template) for p in prompts]
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_tokens)
     enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
+    kwargs = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id}
     if tok.eos_token_id is not None:
         kwargs["eos_token_id"] = tok.eos_token_id
     if sample:
@@ -254,7 +254,7 @@ def hf_generate(model, tok, prompts: list[str], *, sample: bool, seed: int, cfg:
 class InterestLLM:
     """Ray Data actor: loads the LLM once; per batch generates, parses, retries once."""
 
-    def __init__(self, cfg: dict, generate_fn: Optional[GenerateFn] = None) -> None:
+    def __init__(self, cfg: dict, generate_fn: GenerateFn | None = None) -> None:
         self.cfg = LabelConfig(**cfg)
         if generate_fn is not None:
             self._generate = generate_fn
@@ -327,7 +327,7 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def run_llm_stage(prompts: pa.Table, cfg: LabelConfig, generate_fn: Optional[GenerateFn] = None) -> pa.Table:
+def run_llm_stage(prompts: pa.Table, cfg: LabelConfig, generate_fn: GenerateFn | None = None) -> pa.Table:
     """The Ray Data actor-pool stage over ``user_id, cluster, prompt``; sorted by user id."""
     import ray
     import ray.data
@@ -369,10 +369,10 @@ def label_typical_users(
     samples_table: pa.Table,
     items_table: pa.Table,
     encoder: Encoder,
-    cfg: Optional[LabelConfig] = None,
+    cfg: LabelConfig | None = None,
     *,
     out_path: str | Path | None = None,
-    generate_fn: Optional[GenerateFn] = None,
+    generate_fn: GenerateFn | None = None,
 ) -> tuple[pa.Table, LabelStats]:
     """Prompt the LLM for every selected user, parse, embed, store; ``(labels, stats)``.
 
@@ -422,7 +422,7 @@ def label_typical_users(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out_path)
     stats = LabelStats(
-        n_users=int(len(parsed)),
+        n_users=len(parsed),
         parsed=int(parsed.sum()),
         retried=int((attempts > 1).sum()),
         dropped=int((~parsed).sum()),

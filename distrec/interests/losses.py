@@ -69,6 +69,7 @@ class NegativeSampler:
         self.q = torch.from_numpy(q)  # float64, q[row - 1]
         self.log_expected = torch.log(self.q * num_negatives)  # log(n · q)
         self.generator = torch.Generator().manual_seed(int(seed))
+        self._on_device: dict[torch.device, torch.Tensor] = {}
 
     def sample(self) -> torch.Tensor:
         """``num_negatives`` item rows in 1..N (int64, CPU), drawn with replacement."""
@@ -78,7 +79,10 @@ class NegativeSampler:
 
     def log_expected_count(self, rows: torch.Tensor) -> torch.Tensor:
         """``log(n · q(row))`` for item rows (1..N), on ``rows``' device, float32."""
-        return self.log_expected.to(rows.device)[rows - 1].float()
+        table = self._on_device.get(rows.device)
+        if table is None:
+            table = self._on_device[rows.device] = self.log_expected.to(rows.device).float()
+        return table[rows - 1]
 
 
 def sampled_softmax_loss(
@@ -168,7 +172,7 @@ def match_interests(
         bs.append(np.full(len(rk), row))
         ks.append(np.asarray(rk)[order])
         ms.append(valid[np.asarray(cv)[order]])
-    cat = lambda parts: torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0), dtype=torch.long, device=device)  # noqa: E731
+    cat = lambda parts: torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0), dtype=torch.long, device=device)
     return Pairs(cat(bs), cat(ks), cat(ms))
 
 

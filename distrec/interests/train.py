@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +26,19 @@ import torch
 from torch import nn
 
 from distrec.errors import DataError
-from distrec.interests.backbones import ItemIndex, MultiInterestBackbone, build_backbone, pad_histories
+from distrec.interests.backbones import (
+    ItemIndex,
+    MultiInterestBackbone,
+    build_backbone,
+    pad_histories,
+)
 from distrec.interests.config import EimfConfig
-from distrec.interests.losses import NegativeSampler, auxiliary_losses, full_softmax_loss, sampled_softmax_loss
+from distrec.interests.losses import (
+    NegativeSampler,
+    auxiliary_losses,
+    full_softmax_loss,
+    sampled_softmax_loss,
+)
 
 
 def _head(n_in: int, n_out: int, kind: str) -> nn.Module:
@@ -53,7 +62,7 @@ class EsimHeads(nn.Module):
 class EimfModel(nn.Module):
     """IBIM backbone plus optional ESIM heads (training only)."""
 
-    def __init__(self, backbone: MultiInterestBackbone, heads: Optional[EsimHeads] = None):
+    def __init__(self, backbone: MultiInterestBackbone, heads: EsimHeads | None = None):
         super().__init__()
         self.backbone = backbone
         self.heads = heads
@@ -62,9 +71,9 @@ class EimfModel(nn.Module):
         self,
         hist: torch.Tensor,
         mask: torch.Tensor,
-        target: Optional[torch.Tensor] = None,
-        negatives: Optional[torch.Tensor] = None,
-        sem: Optional[torch.Tensor] = None,
+        target: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        sem: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Everything a loss needs, computed inside one forward (DDP-safe).
 
@@ -178,7 +187,7 @@ def make_batch(data: EncodedSamples, idx: np.ndarray, device: torch.device) -> d
     }
 
 
-def make_labels(bank: Optional[SemanticBank], user_ids: np.ndarray, device: torch.device) -> Optional[dict[str, torch.Tensor]]:
+def make_labels(bank: SemanticBank | None, user_ids: np.ndarray, device: torch.device) -> dict[str, torch.Tensor] | None:
     if bank is None:
         return None
     sem, mask = bank.lookup(user_ids)
@@ -188,10 +197,10 @@ def make_labels(bank: Optional[SemanticBank], user_ids: np.ndarray, device: torc
 def step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
-    labels: Optional[dict[str, torch.Tensor]],
+    labels: dict[str, torch.Tensor] | None,
     *,
     cfg: EimfConfig,
-    sampler: Optional[NegativeSampler] = None,
+    sampler: NegativeSampler | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch: ``(loss, parts)``; no backward, no optimiser step.
 
@@ -241,7 +250,7 @@ def step(
     return loss, parts
 
 
-def build_model(num_items: int, cfg: EimfConfig, semantic_dim: Optional[int] = None) -> EimfModel:
+def build_model(num_items: int, cfg: EimfConfig, semantic_dim: int | None = None) -> EimfModel:
     """Backbone under the global RNG; heads (when ``semantic_dim``) under a forked RNG (seed + 1)."""
     backbone = build_backbone(num_items, cfg.backbone)
     heads = None
@@ -252,7 +261,7 @@ def build_model(num_items: int, cfg: EimfConfig, semantic_dim: Optional[int] = N
     return EimfModel(backbone, heads)
 
 
-def build_sampler(cfg: EimfConfig, num_items: int, target_rows: np.ndarray) -> Optional[NegativeSampler]:
+def build_sampler(cfg: EimfConfig, num_items: int, target_rows: np.ndarray) -> NegativeSampler | None:
     if cfg.loss.sampler == "full":
         return None
     counts = None
@@ -265,9 +274,9 @@ def train_eimf(
     samples_table: pa.Table,
     items_table: pa.Table,
     cfg: EimfConfig,
-    labels_table: Optional[pa.Table] = None,
+    labels_table: pa.Table | None = None,
     *,
-    eval_table: Optional[pa.Table] = None,
+    eval_table: pa.Table | None = None,
 ) -> tuple[EimfModel, dict]:
     """Train IBIM (+ ESIM when ``labels_table`` is given) and return ``(model, metrics)``.
 

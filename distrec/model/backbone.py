@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from distrec.config import ModelConfig
 from distrec.errors import ModelError
@@ -74,13 +74,17 @@ def convert_gguf(gguf: Path) -> Path:
     The folder appears atomically: a crash mid-conversion leaves no folder that looks complete.
     """
     digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
-    target = models_dir() / f"{gguf.stem}-{digest}"
+    target = models_dir() / f"{gguf.stem}-{digest}-v2"  # v2: saved without GGUF quantization_config
     if (target / "config.json").is_file():
         return target
 
     def write(tmp: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        fresh = type(loaded)(loaded.config)
+        config = loaded.config
+        for leftover in ("quantization_config", "_model_name_or_path"):  # GGUF loading leaves these
+            if hasattr(config, leftover):
+                delattr(config, leftover)
+        fresh = type(loaded)(config)
         fresh.load_state_dict(loaded.state_dict())
         fresh.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
@@ -158,8 +162,14 @@ def build_model(cfg: ModelConfig):
     """Instantiate the backbone (inside whatever ZeRO-3 context the caller set up)."""
     model_dir = resolve_model_dir(cfg)
     try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+        # HF's weight init zeroes the embedding's padding row; under ZeRO-3 partitioned init
+        # that row is not on this rank and init fails. The row only matters for training the
+        # embedding of pad tokens, which sit behind the attention mask, so it is dropped.
+        config.pad_token_id = None
         model = AutoModelForCausalLM.from_pretrained(
             model_dir,
+            config=config,
             dtype=torch_dtype(cfg.dtype),
             trust_remote_code=cfg.trust_remote_code,
             attn_implementation=cfg.attn_implementation,

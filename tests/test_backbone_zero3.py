@@ -1,0 +1,67 @@
+"""The real SmolLM2-135M (converted once from its GGUF) loads under ZeRO-3 partitioned init
+with 2 gloo ranks: every rank holds about half of each parameter, and the gathered weights
+equal the safetensors checkpoint bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from fixtures_data import shared_home
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_and_compare(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from safetensors import safe_open
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from distrec.config import load_job_config
+    from distrec.model.backbone import build_model, resolve_model_dir
+    from distrec.train.strategy import DeepSpeedStrategy
+
+    job = load_job_config(None, ["model.name_or_path=smollm2-135m"])
+    folder = resolve_model_dir(job.model)
+    strategy = DeepSpeedStrategy(job.deepspeed, job.train, use_gpu=False)
+    with strategy.model_init_context():
+        model = build_model(job.model)
+    params = dict(model.named_parameters())
+    shares = {n: strategy.local_numel(p) for n, p in params.items()}
+    checked = []
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        for name in ("model.embed_tokens.weight", "model.layers.7.self_attn.q_proj.weight", "model.norm.weight"):
+            with strategy.gathered([params[name]]):
+                checked.append((name, bool(torch.equal(params[name].detach(), f.get_tensor(name)))))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"shares": shares, "checked": checked}))
+    dist.destroy_process_group()
+
+
+def test_smollm2_loads_partitioned_and_equal_to_its_checkpoint(tmp_path):
+    from distrec.config import ModelConfig
+    from distrec.model.backbone import resolve_model_dir
+
+    shared_home()
+    folder = resolve_model_dir(ModelConfig(name_or_path="smollm2-135m"))  # fetch + convert once
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    mp.spawn(_load_and_compare, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["checked"] and all(ok for _, ok in r["checked"]), r["checked"]
+    total_full = sum(full for _, full in ranks[0]["shares"].values())
+    assert 134_000_000 < total_full < 135_000_000  # 134.5M parameters (tied head counted once)
+    for name, (_, full) in ranks[0]["shares"].items():
+        held = [r["shares"][name][0] for r in ranks]
+        assert all(h <= -(-full // 2) for h in held) and sum(held) >= full, (name, held, full)
