@@ -47,8 +47,10 @@ class PromptConfig:
     history_k: int = 10  # history items shown in the prompt
     max_length: int = 512  # tokens; the oldest history items are dropped to fit
     use_chat_template: bool = True
-    answer_yes: str = " Yes"  # CTR answer words; each must be exactly one token
-    answer_no: str = " No"
+    # CTR answer words, each exactly one token. None: "Yes"/"No" after a chat template (the
+    # assistant header ends the line), " Yes"/" No" after a plain prompt (ReLLa's layout).
+    answer_yes: Optional[str] = None
+    answer_no: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.history_k <= 0:

@@ -125,6 +125,7 @@ def test_train_din_learns_selects_on_valid_and_round_trips(tmp_path):
     assert torch.equal(logit, l2) and torch.equal(rep, r2)
     assert torch.equal(model.item_embeddings(torch.tensor([100, 139])), again.item_embeddings(torch.tensor([100, 139])))
 
-    # same seed, same result (no output folder this time)
-    repeat = train_din(prepared, cfg)
-    assert repeat["history"] == metrics["history"]
+    # same seed, same result (no output folder this time; each epoch's shuffle depends only on
+    # (seed, epoch), so a 2-epoch run must repeat the first two epochs exactly)
+    repeat = train_din(prepared, small_cfg(epochs=2))
+    assert repeat["history"] == metrics["history"][:2]

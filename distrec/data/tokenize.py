@@ -45,6 +45,23 @@ def _tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
+def answer_words(tokenizer, cfg: PromptConfig) -> tuple[str, str]:
+    """The configured answer words, or the natural ones for how the prompt ends.
+
+    A chat template's assistant header ends with a newline, after which a model writes "Yes";
+    a plain prompt ends mid-line, where the natural next token is " Yes" (leading space).
+    """
+    chat = _templated(tokenizer, cfg)
+    yes = cfg.answer_yes if cfg.answer_yes is not None else (ANSWER_YES.strip() if chat else ANSWER_YES)
+    no = cfg.answer_no if cfg.answer_no is not None else (ANSWER_NO.strip() if chat else ANSWER_NO)
+    return yes, no
+
+
+def ctr_label_ids(tokenizer, cfg: PromptConfig) -> tuple[int, int]:
+    """``(yes_id, no_id)`` for this tokenizer and prompt configuration."""
+    return label_token_ids(tokenizer, *answer_words(tokenizer, cfg))
+
+
 def label_token_ids(tokenizer, yes: str = ANSWER_YES, no: str = ANSWER_NO) -> tuple[int, int]:
     """``(yes_id, no_id)``: the single tokens the CTR head compares, looked up, never hard-coded.
 
@@ -308,7 +325,7 @@ def tokenize_batch(
 
     if task == "ctr":
         if yes_id is None or no_id is None:
-            yes_id, no_id = label_token_ids(tokenizer)
+            yes_id, no_id = ctr_label_ids(tokenizer, cfg)
         first = _encode_many(
             tokenizer, [ctr_prompt_text(r, catalog, tokenizer, cfg) for r in rows], templated
         )

@@ -6,6 +6,13 @@ micro-batch with the global values, so accumulation and data parallelism equal o
 batch. For evaluation it asks for per-row predictions (:meth:`eval_rows`) and turns the
 gathered rows into metrics (:meth:`metrics`); :attr:`selection` names the validation metric
 that picks the best state and whether higher is better.
+
+Global normalisation: a step's gradient must be ``∇ Σ_all ℓ / N_global``, the sum and the
+count running over every micro-batch of every rank (OpenRLHF, torchtune); averaging per
+micro-batch would weight short batches more, and accumulation k would not equal a k-times
+larger batch. ``micro_loss`` returns ``Σ_micro ℓ / N_global``; the loop multiplies it by
+``grad_accum · world`` because DeepSpeed divides each backward by ``grad_accum`` and averages
+gradients over ranks.
 """
 
 from __future__ import annotations

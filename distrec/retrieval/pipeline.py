@@ -81,11 +81,13 @@ def run_subr_ray(
     files = [f for fs in files_by_split.values() for f in fs]
     rows = rows_hint or 0
     space_ref = ray.put(space)
-    ds = ray.data.read_parquet(files, include_paths=True)
-    if len(files) < 2 * n_actors:  # one file is one block: cut it so every actor gets work
-        ds = ds.repartition(max(2 * n_actors, min(64, -(-rows // cfg.batch_size))) if rows else 2 * n_actors)
+    # Small files may be read as one block, a large file is one block: cut the stream so every
+    # actor gets work (an order-preserving split, not a shuffle).
+    blocks = max(2 * n_actors, min(64, -(-rows // cfg.batch_size))) if rows else 2 * n_actors
     ds = (
-        ds.map_batches(
+        ray.data.read_parquet(files, include_paths=True)
+        .repartition(blocks)
+        .map_batches(
             SubrActor,
             fn_constructor_kwargs={"space_ref": [space_ref], "cfg": dataclasses.asdict(cfg)},
             batch_size=cfg.batch_size,

@@ -31,7 +31,7 @@ class TokenizeActor:
 
         from distrec.config import job_config_from_dict
         from distrec.data.prompts import Catalog
-        from distrec.data.tokenize import label_token_ids
+        from distrec.data.tokenize import ctr_label_ids
         from distrec.model.backbone import load_tokenizer
 
         self.job = job_config_from_dict(job)
@@ -40,16 +40,18 @@ class TokenizeActor:
             self.job.data.dataset, pq.read_table(root / "items.parquet"), pq.read_table(root / "users.parquet")
         )
         self.tokenizer = load_tokenizer(self.job.model)
-        p = self.job.prompt
-        self.yes_no = label_token_ids(self.tokenizer, p.answer_yes, p.answer_no) if self.job.data.task == "ctr" else (None, None)
+        self.yes_no = ctr_label_ids(self.tokenizer, self.job.prompt) if self.job.data.task == "ctr" else (None, None)
 
     def __call__(self, batch) -> dict[str, Any]:
         from distrec.data.tokenize import tokenize_batch
 
+        counterfactual = self.job.data.task == "generative" and self.job.cft.lam > 0
         out = tokenize_batch(
-            batch, self.catalog, self.tokenizer, self.job.prompt, self.job.data.task, *self.yes_no
+            batch, self.catalog, self.tokenizer, self.job.prompt, self.job.data.task, *self.yes_no,
+            with_counterfactual=counterfactual,
         )
-        keep = {"sample_id", "user_id", "item_id", "label", "input_ids", "n_truncated"}
+        keep = {"sample_id", "user_id", "item_id", "label", "input_ids", "labels", "cf_input_ids", "cf_labels",
+                "n_truncated"}
         columns = {k: _column(v) for k, v in out.items() if k in keep}
         columns["split"] = np.asarray([Path(p).parent.name for p in _paths(batch)])
         return columns
@@ -71,7 +73,8 @@ def tokenized_splits(job: JobConfig, prepared_dir: Path, splits: list[str]) -> d
     """Materialised Ray Datasets of tokenised samples, one per split, each in sample order.
 
     All splits go through one actor pool (the tokenizer loads once per actor, not per split).
-    Columns: ``split, sample_id, user_id, item_id, label, input_ids (prompt + answer), n_truncated``.
+    Columns: ``split, sample_id, user_id, item_id, input_ids, n_truncated``, plus ``label`` (CTR:
+    ``input_ids`` = prompt + answer) or ``labels`` and, for CFT, ``cf_input_ids``/``cf_labels``.
     """
     import ray.data
 

@@ -18,7 +18,7 @@ import torch
 
 from distrec.config import JobConfig, job_config_from_dict
 from distrec.train.checkpoint import TrainState, restore, save_and_report
-from distrec.train.data_stream import eval_batches, left_pad, load_rows, train_micro_batches
+from distrec.train.data_stream import eval_batches, load_rows, train_micro_batches
 from distrec.train.strategy import steps_per_epoch
 
 
@@ -26,7 +26,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for Ray Train. ``loop_config``: job (dict), run_dir, mode."""
     import ray.train
 
-    from distrec.data.tokenize import label_token_ids
     from distrec.model.adapters.lora import make_adapter
     from distrec.model.backbone import build_model, load_tokenizer
     from distrec.train.monitor import Monitor
@@ -38,8 +37,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     strategy = DeepSpeedStrategy(job.deepspeed, job.train, job.ray.use_gpu)
     torch.manual_seed(job.train.seed)  # identical adapter initialisation on every rank
 
-    tokenizer = load_tokenizer(job.model)
-    yes_id, no_id = label_token_ids(tokenizer, job.prompt.answer_yes, job.prompt.answer_no)
+    tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
+    task = make_task(job, tokenizer, strategy.device)
     with strategy.model_init_context():
         model = build_model(job.model)
     adapter = make_adapter(job.adapter)
@@ -53,7 +52,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     engine = strategy.initialize(model, max(total_steps, 1))
     _write_partition_report(strategy, engine.module, run_dir / "diagnostics")
     monitor = Monitor(run_dir / "tensorboard", enabled=strategy.is_rank0)
-    ctx = _Context(job, strategy, engine, tokenizer.pad_token_id, yes_id, no_id, monitor, run_dir)
+    ctx = _Context(job, strategy, engine, task, monitor, run_dir)
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
@@ -92,29 +91,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 class _Context:
     """What the helpers below share; built once per worker."""
 
-    def __init__(self, job: JobConfig, strategy, engine, pad_id, yes_id, no_id, monitor, run_dir: Path):
-        self.job, self.strategy, self.engine = job, strategy, engine
-        self.pad_id, self.yes_id, self.no_id = pad_id, yes_id, no_id
+    def __init__(self, job: JobConfig, strategy, engine, task, monitor, run_dir: Path):
+        self.job, self.strategy, self.engine, self.task = job, strategy, engine, task
         self.monitor, self.run_dir = monitor, run_dir
 
 
-def _forward_answer_logits(ctx: _Context, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the answer position and the answer ids, for rows holding prompt + answer."""
-    from distrec.objectives.ctr import answer_logits
+def make_task(job: JobConfig, tokenizer, device: torch.device):
+    """The task object (``objectives.tasks``) for ``job.data.task``."""
+    from distrec.data.tokenize import ctr_label_ids
+    from distrec.objectives.tasks import Batchify, CtrTask, GenerativeTask
 
-    prompts = [seq[:-1] for seq in batch["input_ids"]]
-    answers = torch.as_tensor([int(seq[-1]) for seq in batch["input_ids"]], device=ctx.strategy.device)
-    ids, mask = left_pad(prompts, ctx.pad_id)
-    logits = answer_logits(ctx.engine, ids.to(ctx.strategy.device), mask.to(ctx.strategy.device))
-    return logits, answers
+    batchify = Batchify(tokenizer.pad_token_id, device)
+    if job.data.task == "ctr":
+        return CtrTask(*ctr_label_ids(tokenizer, job.prompt), batchify)
+    return GenerativeTask(job.cft, batchify)
 
 
 def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, total_steps: int):
     """Run optimiser steps until ``total_steps``; returns the best validation adapter state or None."""
-    from distrec.objectives.ctr import ctr_loss_sum
-    from distrec.objectives.normalisation import normalised
-
-    _job, strategy, t = ctx.job, ctx.strategy, ctx.job.train
+    strategy, task, t = ctx.strategy, ctx.task, ctx.job.train
     eval_every = t.eval_every or per_epoch
     ckpt_every = t.checkpoint_every or per_epoch
     best_state = None
@@ -126,28 +121,32 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
         )
         for micro_batches in stream:
             started = time.perf_counter()
-            global_count = strategy.all_reduce_sum(sum(len(mb["sample_id"]) for mb in micro_batches))
-            loss_total, tokens = 0.0, 0
+            # Global loss normalisers of this step (all micro-batches, all ranks) before any forward.
+            norms = {k: strategy.all_reduce_sum(v) for k, v in task.normalisers(micro_batches).items()}
+            stats: dict[str, float] = {}
+            tokens = 0
             for mb in micro_batches:
-                logits, answers = _forward_answer_logits(ctx, mb)
-                loss_sum = ctr_loss_sum(logits, answers)
-                strategy.backward(normalised(loss_sum, global_count, strategy.accumulation_scale))
+                loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
+                strategy.backward(loss * strategy.accumulation_scale)
                 strategy.step()
-                loss_total += float(loss_sum.detach())
+                for k, v in mb_stats.items():
+                    stats[k] = stats.get(k, 0.0) + v
                 tokens += int(sum(len(s) for s in mb["input_ids"]))
+            samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
             state.step_in_epoch += 1
             elapsed = time.perf_counter() - started
             if state.step % t.log_every == 0 or state.step == total_steps:
-                global_loss = strategy.all_reduce_sum(loss_total) / global_count
+                global_stats = {k: strategy.all_reduce_sum(v) for k, v in sorted(stats.items())}
                 global_tokens = strategy.all_reduce_sum(tokens)
+                global_samples = strategy.all_reduce_sum(samples)
                 ctx.monitor.scalars(state.step, {
-                    "train/loss": global_loss,
+                    **task.step_loss(global_stats, norms),
                     "train/lr": strategy.lr(),
                     "train/grad_norm": strategy.grad_norm(),
                     "train/epoch": state.epoch + state.step_in_epoch / per_epoch,
                     "throughput/tokens_per_s": global_tokens / elapsed,
-                    "throughput/samples_per_s": global_count / elapsed,
+                    "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
                     **{f"memory/{k}": v for k, v in _peak_memory().items()},
                 })
@@ -156,8 +155,10 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             if valid_rows is not None and (state.step % eval_every == 0 or last):
                 metrics = _evaluate(ctx, valid_rows, "valid", write=False, step=state.step)
                 ctx.engine.train()
-                score = metrics.get("auc", float("nan"))
-                if not math.isnan(score) and (state.best_metric is None or score > state.best_metric):
+                name, higher_is_better = task.selection
+                score = metrics.get(name, float("nan"))
+                sign = 1.0 if higher_is_better else -1.0
+                if not math.isnan(score) and (state.best_metric is None or sign * score > sign * state.best_metric):
                     state.best_metric = score
                     best_state = _snapshot(ctx)
             if state.step % ckpt_every == 0 or last or paused:
@@ -171,46 +172,34 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
 
 @torch.no_grad()
 def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = None) -> dict:
-    """P(yes) for every row of a split (all ranks forward equally); metrics on rank 0."""
-    from distrec.eval.ctr_metrics import ctr_metrics
-    from distrec.objectives.ctr import p_yes
+    """Predictions for every row of a split (all ranks forward equally); metrics on every rank.
 
-    strategy = ctx.strategy
+    Every rank computes the metrics from the same gathered rows, so decisions taken on them
+    (the best state) are identical everywhere and no rank skips a collective.
+    """
+    strategy, task = ctx.strategy, ctx.task
     ctx.engine.eval()
     limit = ctx.job.eval.max_samples if split == "valid" else None
     if limit is not None:
         rows = {k: v[:limit] for k, v in rows.items()}
-    local: list[tuple[int, int, int, float]] = []
+    local: list[tuple] = []
     for batch, n_real in eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size):
-        logits, _ = _forward_answer_logits(ctx, batch)
-        probs = p_yes(logits, ctx.yes_id, ctx.no_id).cpu().numpy()
-        for i in range(n_real):
-            local.append((int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(probs[i])))
-    gathered = strategy.all_gather_object(local)
-    # Every rank computes the metrics from the same gathered rows, so decisions taken on them
-    # (best checkpoint) are identical everywhere and no rank skips a collective.
-    preds = {row[0]: row for part in gathered for row in part}  # sample_id -> row, de-duplicated
-    sample_ids = np.array(sorted(preds))
-    table = np.array([preds[s] for s in sample_ids], dtype=object)
-    metrics = ctr_metrics(table[:, 2].astype(int), table[:, 3].astype(float), table[:, 1].astype(int))
-    ctx.monitor.scalars(step if step is not None else 0, {f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-    if write and strategy.is_rank0:
-        _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", table)
+        local.extend(task.eval_rows(ctx.engine, batch, n_real))
+    unique = {row[0]: row for part in strategy.all_gather_object(local) for row in part}
+    metrics, columns = task.metrics(list(unique.values()))
+    ctx.monitor.scalars(step if step is not None else 0,
+                        {f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    if write and strategy.is_rank0 and columns:
+        _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", columns)
     return metrics
 
 
-def _write_predictions(path: Path, table: np.ndarray) -> None:
+def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = pa.table({
-        "sample_id": pa.array(table[:, 0].astype(np.int64)),
-        "user_id": pa.array(table[:, 1].astype(np.int64)),
-        "label": pa.array(table[:, 2].astype(np.int8)),
-        "p_yes": pa.array(table[:, 3].astype(np.float32)),
-    })
     tmp = path.with_suffix(".tmp")
-    pq.write_table(out, tmp)
+    pq.write_table(pa.table(columns), tmp)
     tmp.replace(path)
 
 
@@ -267,7 +256,8 @@ def _log_prompt_samples(ctx: _Context, tokenizer, rows) -> None:
     n = min(ctx.job.train.prompt_samples_to_log, len(rows["sample_id"]))
     for i in range(n):
         text = tokenizer.decode(rows["input_ids"][i])
-        ctx.monitor.text("samples/prompt", i, f"label={int(rows['label'][i])}\n\n{text}")
+        header = f"label={int(rows['label'][i])}" if "label" in rows else f"sample_id={int(rows['sample_id'][i])}"
+        ctx.monitor.text("samples/prompt", i, f"{header}\n\n{text}")
 
 
 def _hparams(job: JobConfig) -> dict[str, Any]:

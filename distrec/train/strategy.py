@@ -160,7 +160,7 @@ class DeepSpeedStrategy:
 
         ``engine.backward`` scales by 1/grad_accum and the gradient allreduce averages over
         ranks; multiplying a loss *sum* by this and dividing by the global token count makes
-        the step's gradient exactly ``∑ loss / global tokens`` (see objectives.normalisation).
+        the step's gradient exactly ``∑ loss / global tokens`` (see objectives.tasks).
         """
         return float(self.train_cfg.grad_accum * self.world_size)
 

@@ -118,7 +118,7 @@ def reference_rella(offsets, flat, targets, vectors, k: int, n_ref: int) -> tupl
     return rank_s, time.perf_counter() - t0, out
 
 
-def ray_end_to_end(offsets, flat, targets, ids, vectors, cfg, actors: list[int], workdir: Path) -> dict[int, float]:
+def ray_end_to_end(offsets, flat, targets, ids, vectors, cfg, actors: list[int], workdir: Path, warmup: bool = True) -> dict[int, float]:
     import pyarrow as pa
 
     from distrec.data import storage
@@ -141,10 +141,11 @@ def ray_end_to_end(offsets, flat, targets, ids, vectors, cfg, actors: list[int],
     src = workdir / "prepared"
     storage.write_prepared(src, {"train": samples}, items=items.select(ITEMS.names), users=users,
                            meta={"dataset": "synthetic", "task": "ctr"}, num_shards=4, overwrite=True)
-    warm = workdir / "warm"  # untimed: starts Ray Data's helper actors and worker processes once
-    storage.write_prepared(warm, {"train": samples.slice(0, min(n, 256))}, items=items.select(ITEMS.names), users=users,
-                           meta={"dataset": "synthetic", "task": "ctr"}, num_shards=1, overwrite=True)
-    build_retrieval(warm, workdir / "warm-out", cfg, n_actors=max(actors), item_vectors=(ids, vectors), overwrite=True)
+    if warmup:  # untimed: starts Ray Data's helper actors and worker processes once
+        warm = workdir / "warm"
+        storage.write_prepared(warm, {"train": samples.slice(0, min(n, 256))}, items=items.select(ITEMS.names),
+                               users=users, meta={"dataset": "synthetic", "task": "ctr"}, num_shards=1, overwrite=True)
+        build_retrieval(warm, workdir / "warm-out", cfg, n_actors=max(actors), item_vectors=(ids, vectors), overwrite=True)
     res = {}
     for a in actors:
         t0 = time.perf_counter()
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ref-samples", type=int, default=1000, help="samples the ReLLa reference walks")
     parser.add_argument("--ray-samples", type=int, default=10000, help="samples for the Ray Data runs (0: skip)")
     parser.add_argument("--actors", default="1,2", help="comma list of actor counts for the Ray Data runs")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up Ray Data build")
     parser.add_argument("--ray-catalogue", default=None, help="catalogue of the Ray Data runs (default: the first)")
     parser.add_argument("--max-len", type=int, default=2000, help="longest history")
     parser.add_argument("--items", type=int, default=None, help="override the catalogue size (tests)")
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 init_ray(RayConfig(num_workers=max(actors)))
             offsets, flat, targets = make_samples(args.ray_samples, n_items, rng, args.max_len)
             with tempfile.TemporaryDirectory(prefix="subr-bench-") as tmp:
-                rates = ray_end_to_end(offsets, flat, targets, ids, vectors, base, actors, Path(tmp))
+                rates = ray_end_to_end(offsets, flat, targets, ids, vectors, base, actors, Path(tmp), warmup=not args.no_warmup)
             for a, rate in rates.items():
                 ray_lines.append(f"| {name} | {args.ray_samples} | {a} | {rate:,.0f} | {rate / rates[actors[0]]:.2f}× |")
                 results["ray"].append({"catalogue": name, "samples": args.ray_samples, "actors": a, "samples_per_s": rate})
