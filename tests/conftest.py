@@ -38,3 +38,14 @@ def pytest_collection_modifyitems(config, items):
     """Run tests marked ``ray_cluster`` last: they stop every Ray process on the machine
     (``ray stop``), which would pull the shared local cluster from under later tests."""
     items.sort(key=lambda item: item.get_closest_marker("ray_cluster") is not None)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run faster on one intra-op thread, much faster on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,8 +13,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_llama
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from distrec.errors import ModelError
 from distrec.model.adapters.cflora import (
@@ -28,23 +29,9 @@ from distrec.model.adapters.cflora import (
     generator_parameter_count,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 R, D_H = 8, 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def ids(batch: int = 3, length: int = 7, seed: int = 1) -> torch.Tensor:

@@ -57,16 +57,9 @@ from distrec.interests.typical_users import (
     select_typical_users,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_ITEMS, N_USERS, D_SEM = 48, 40, 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 import torch
+from tiny_models import tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -20,24 +21,10 @@ from distrec.model.soft_prompts import (
     placeholder_token_ids,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HIST, TARGET, D_CRM = 98, 99, 6
 IDS = {"hist": HIST, "target": TARGET}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def prompts() -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:

@@ -213,7 +213,7 @@ def _snapshot(ctx: _Context) -> dict[str, torch.Tensor]:
 def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
     """Write a snapshot back into (possibly partitioned) trainable parameters."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with strategy.gathered_for_update(params.values()):
+    with strategy.gathered(params.values(), modifier_rank=0):
         for name, p in params.items():
             p.data.copy_(tensors[name])
 

@@ -175,27 +175,18 @@ class DeepSpeedStrategy:
 
     # --- parameters -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def gathered(self, params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
-        """Make full copies of partitioned parameters visible on every rank (no-op below ZeRO-3)."""
+    def gathered(self, params: Iterable[torch.nn.Parameter], modifier_rank: int | None = None) -> Iterator[None]:
+        """Make full copies of partitioned parameters visible on every rank (no-op below ZeRO-3).
+
+        With ``modifier_rank=r``, rank r's in-place changes are broadcast and re-partitioned on exit.
+        """
         params = list(params)
         if not self.zero3:
             yield
             return
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            yield
-
-    @contextlib.contextmanager
-    def gathered_for_update(self, params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
-        """Like :meth:`gathered`, but rank 0's in-place changes are re-partitioned on exit."""
-        params = list(params)
-        if not self.zero3:
-            yield
-            return
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
             yield
 
     @staticmethod
