@@ -174,6 +174,12 @@ class CftConfig:
 class EvalConfig:
     batch_size: int = 8
     max_samples: Optional[int] = None  # cap on validation samples during training
+    # Generative task, final test only: beam search + grounding to items (HR@K, NDCG@K).
+    generate: bool = False
+    num_beams: int = 5
+    max_new_tokens: int = 64
+    grounding: Literal["top_beam", "interleave"] = "top_beam"
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
 
 
 @dataclass

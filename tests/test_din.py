@@ -14,6 +14,8 @@ from distrec.data.schema import CTR_SAMPLES, ITEMS, USERS
 from distrec.errors import DataError
 from distrec.model.crm import DIN, DinConfig, history_matrix, load_din, train_din
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
+
 CATALOG = np.arange(100, 140, dtype=np.int64)  # 40 items: 100..119 group 0, 120..139 group 1
 
 

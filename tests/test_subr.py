@@ -249,21 +249,18 @@ def test_minilm_encoder_is_384d_and_cache_hits_are_identical(tmp_home, minilm):
 
 
 def _tiny_llm():
-    import torch
+    from tiny_models import tiny_llama
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     words = ["<pad>", "<unk>", "movie", "book", "toy", "story", "heat", "crime", "comedy", "the", "hobbit", ":", "."]
     raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval(), tok, raw
+    return tiny_llama(vocab_size=len(words)), tok, raw
 
 
-def test_llm_mean_pool_encoder_matches_manual_mean_and_ignores_batch_mates(tmp_home):
+def test_llm_mean_pool_encoder_matches_manual_mean_and_ignores_batch_mates(tmp_home, one_thread):
     import torch
 
     from distrec.retrieval.encoders import LLMMeanPoolEncoder, cached_encode

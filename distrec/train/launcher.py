@@ -94,7 +94,8 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     datasets = tokenized_splits(job, prepared, splits)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "mode": mode, "splits": splits},
+        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "mode": mode, "splits": splits,
+                           "prepared_dir": str(prepared)},
         scaling_config=ScalingConfig(
             num_workers=job.ray.num_workers,
             use_gpu=job.ray.use_gpu,

@@ -80,6 +80,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             _assign(strategy, model, best)
         adapter.export(model, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
     results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
+    if job.data.task == "generative" and job.eval.generate and "test" in splits:
+        results["test"].update(_grounded_test_metrics(ctx, tokenizer, splits["test"], Path(loop_config["prepared_dir"])))
     if strategy.is_rank0:
         monitor.hparams(_hparams(job), {f"hparam/{s}_{k}": v for s, m in results.items() for k, v in m.items()})
         (run_dir / f"metrics_{mode}.json").write_text(json.dumps(results, indent=2))
@@ -201,6 +203,21 @@ def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     tmp = path.with_suffix(".tmp")
     pq.write_table(pa.table(columns), tmp)
     tmp.replace(path)
+
+
+def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from distrec.data.prompts import Catalog
+    from distrec.eval.generation import grounded_metrics
+
+    e = ctx.job.eval
+    titles = Catalog.for_dataset(ctx.job.data.dataset, pq.read_table(prepared_dir / "items.parquet")).titles
+    metrics = grounded_metrics(ctx.engine.module, tokenizer, ctx.strategy, rows, dict(titles),
+                               num_beams=e.num_beams, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                               mode=e.grounding, ks=e.ks)
+    ctx.monitor.scalars(0, {f"eval/test_{k}": v for k, v in metrics.items()})
+    return metrics
 
 
 def _snapshot(ctx: _Context) -> dict[str, torch.Tensor]:
