@@ -389,8 +389,9 @@ def test_cpu_job_config() -> None:
     assert cfg.model.name_or_path == "smollm2-135m"
     assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "fp32" and cfg.model.dtype == "fp32"
     assert (cfg.data.dataset, cfg.data.task) == ("ml-100k", "ctr")
-    assert (cfg.data.train_size, cfg.data.valid_size, cfg.data.test_size) == (2048, 256, 1000)
+    assert (cfg.data.train_size, cfg.data.valid_size, cfg.data.test_size) == (1024, 128, 500)
     assert cfg.ray.storage_path == "runs"
-    # The sizing in the file's comment: 2048 / (2 x 4 x 2) = 128 optimiser steps.
+    # The sizing in the file's comment: 1024 / (2 x 4 x 2) = 64 optimiser steps.
     global_batch = cfg.ray.num_workers * cfg.train.micro_batch_size * cfg.train.grad_accum
-    assert cfg.data.train_size // global_batch == 128
+    assert cfg.data.train_size // global_batch == 64
+    assert "1,024 training samples" in CPU_JOB.read_text() and "= 64 steps" in CPU_JOB.read_text()
