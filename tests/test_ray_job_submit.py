@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,14 @@ def test_submitted_tiny_job_succeeds_and_writes_its_outputs(head, tmp_path):
     storage = tmp_path / "runs"
     entry = [sys.executable, "-m", "distrec", "train", "--config", "jobs/tiny.yaml",
              f"ray.storage_path={storage}", "ray.run_name=submitted"]
-    done = subprocess.run(
-        [RAY, "job", "submit", f"--address={DASHBOARD}", f"--working-dir={REPO}", "--", *entry],
-        env=head, capture_output=True, text=True, timeout=900,
-    )
+    for _ in range(30):  # the head's job agent registers a few seconds after `ray start` returns
+        done = subprocess.run(
+            [RAY, "job", "submit", f"--address={DASHBOARD}", f"--working-dir={REPO}", "--", *entry],
+            env=head, capture_output=True, text=True, timeout=900,
+        )
+        if "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout, done.stdout[-2000:]
     run_dir = storage / "submitted" / "distrec"

@@ -50,4 +50,4 @@ def test_accumulated_weighted_loss_equals_a_larger_micro_batch(storage, cft_run)
     b = load_file(str(cft_run.run_dir / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)

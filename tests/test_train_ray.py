@@ -119,4 +119,6 @@ def test_resume_from_a_paused_run_equals_the_uninterrupted_run(storage, baseline
 
 def test_gradient_accumulation_equals_a_larger_micro_batch(storage, baseline):
     bigger = run_job(tiny_job(storage, "accum1", "train.micro_batch_size=8", "train.grad_accum=1"))
-    assert_same_adapter(bigger, baseline, atol=1e-6, rtol=1e-4)
+    # Same rows per step, grouped differently: equal up to float summation order (amplified a
+    # little by Adam's normalisation over 12 steps).
+    assert_same_adapter(bigger, baseline, atol=1e-5, rtol=1e-4)
