@@ -283,30 +283,33 @@ def test_llm_mean_pool_encoder_matches_manual_mean_and_ignores_batch_mates(tmp_h
     assert enc.cache_id != LLMMeanPoolEncoder(model, tok, template="USER: {text}").cache_id
 
 
-def test_encode_items_in_a_ray_actor_pool_equals_in_process(ray_local, tmp_home, minilm):
+def test_encode_items_in_process_and_cache(tmp_home, minilm):
     from distrec.retrieval.encoders import encode_items
 
-    items = pa.Table.from_pylist([
-        {"item_id": 30 - i, "title": f"Film number {i}", "categories": ["Drama"] if i % 2 else ["Comedy"],
-         "year": 1990 + i, "author": None, "publisher": None, "source_id": str(i)} for i in range(12)
-    ], schema=ITEMS)
-    ids, vecs, info = encode_items(items, "ml-1m", spec="minilm", n_actors=1, batch_size=8)
+    items = _items_table(np.array([30, 12, 7, 21]))
+    ids, vecs, info = encode_items(items, "ml-1m", spec="minilm", use_ray=False)
     _, texts = item_texts(items, "ml-1m")
-    assert ids.tolist() == sorted(items.column("item_id").to_pylist())
+    assert ids.tolist() == [7, 12, 21, 30] and info["dim"] == 384 and not info["cache_hit"]
     np.testing.assert_allclose(vecs, minilm.encode(texts), rtol=1e-4, atol=1e-5)
-    assert info["dim"] == 384 and not info["cache_hit"]
-    ids2, vecs2, info2 = encode_items(items, "ml-1m", spec="minilm", n_actors=1, batch_size=8)
-    assert info2["cache_hit"] and np.array_equal(vecs, vecs2)
+    _, again, info2 = encode_items(items, "ml-1m", spec="minilm", use_ray=False)
+    assert info2["cache_hit"] and np.array_equal(vecs, again)
 
 
 # ----------------------------------------------------------------------------- Ray Data pipeline
 
 
-def _write_prepared(root, rng, ids, n_train=300, n_valid=80, n_test=0):
-    items = pa.Table.from_pylist([
-        {"item_id": int(i), "title": f"Item {i}", "categories": ["A"], "year": 2000, "author": None,
-         "publisher": None, "source_id": str(i)} for i in ids
+GENRES = ["Drama", "Comedy", "Horror", "Animation", "Documentary"]
+
+
+def _items_table(ids) -> pa.Table:
+    return pa.Table.from_pylist([
+        {"item_id": int(i), "title": f"Film number {i}", "categories": [GENRES[int(i) % 5]], "year": 1950 + int(i) % 60,
+         "author": None, "publisher": None, "source_id": str(i)} for i in ids
     ], schema=ITEMS)
+
+
+def _write_prepared(root, rng, ids, n_train=300, n_valid=80, n_test=0):
+    items = _items_table(ids)
     users = pa.Table.from_pylist([{"user_id": u, "source_id": str(u)} for u in range(30)], schema=USERS)
     samples = random_samples(rng, ids, n=n_train + n_valid + n_test, max_len=90)
     splits = {"train": samples.slice(0, n_train), "valid": samples.slice(n_train, n_valid),
@@ -316,26 +319,36 @@ def _write_prepared(root, rng, ids, n_train=300, n_valid=80, n_test=0):
     return samples
 
 
-def test_ray_pipeline_with_two_actors_equals_retrieve_table(ray_local, tmp_path):
+def test_ray_pipeline_with_two_actors_equals_retrieve_table(ray_local, tmp_path, tmp_home, minilm):
+    """The real path: item texts -> MiniLM in a Ray Data actor pool (1 actor) -> PCA -> SUBR in
+    a pool of 2 actors -> a new prepared folder, equal row for row to the pure function."""
+    from distrec.retrieval.encoders import encode_items
     from distrec.retrieval.pipeline import build_retrieval
 
     rng = np.random.default_rng(6)
-    ids, vecs = random_catalogue(rng, n_items=80, dim=16)
+    ids, _ = random_catalogue(rng, n_items=60, dim=4)
     src = tmp_path / "prepared"
     _write_prepared(src, rng, ids)
     cfg = SubrConfig(k=7, pca_dim=8, batch_size=64)
-    out = build_retrieval(src, tmp_path / "subr", cfg, n_actors=2, item_vectors=(ids, vecs))
+    out = build_retrieval(src, tmp_path / "subr", cfg, n_actors=2, encode_actors=1)
     manifest = storage.verify(out)
-    assert manifest["subr"]["config"]["k"] == 7 and manifest["subr"]["n_actors"] == 2
-    assert manifest["subr"]["encoder"]["spec"] == "given" and manifest["subr"]["item_space"]["dim"] == 8
+    subr = manifest["subr"]
+    assert subr["config"]["k"] == 7 and subr["n_actors"] == 2 and subr["method"] == "matrix"
+    assert subr["encoder"]["spec"] == "minilm" and subr["encoder"]["dim"] == 384 and not subr["encoder"]["cache_hit"]
+    assert subr["item_space"]["dim"] == 8 and subr["item_space"]["pca"]["n_components"] == 8
     assert manifest["dataset"] == "ml-1m" and set(manifest["splits"]) == {"train", "valid", "test"}
+    # the vectors the actors computed are in the cache; they match MiniLM run in-process
+    items = storage.open_table(src, "items")
+    vec_ids, vecs, info = encode_items(items, "ml-1m", spec="minilm", use_ray=False)
+    assert info["cache_hit"]
+    np.testing.assert_allclose(vecs, minilm.encode(item_texts(items, "ml-1m")[1]), rtol=1e-4, atol=1e-5)
     for split in ("train", "valid", "test"):
         got = storage.open_split(out, split)
-        expected = retrieve_table(storage.open_split(src, split), (ids, vecs), cfg)
+        expected = retrieve_table(storage.open_split(src, split), (vec_ids, vecs), cfg)
         assert got.schema.field("history_indices").type == pa.list_(pa.int32())
         assert got.equals(expected), split
         assert len(manifest["splits"][split]["files"]) == (3 if got.num_rows else 1)
-    assert storage.open_table(out, "items").equals(storage.open_table(src, "items"))
+    assert storage.open_table(out, "items").equals(items)
     with pytest.raises(DataError, match="already exists"):
-        build_retrieval(src, out, cfg, n_actors=1, item_vectors=(ids, vecs))
+        build_retrieval(src, out, cfg, n_actors=1)
     json.dumps(manifest)

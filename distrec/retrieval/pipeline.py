@@ -83,7 +83,7 @@ def run_subr_ray(
     space_ref = ray.put(space)
     # Small files may be read as one block, a large file is one block: cut the stream so every
     # actor gets work (an order-preserving split, not a shuffle).
-    blocks = max(2 * n_actors, min(64, -(-rows // cfg.batch_size))) if rows else 2 * n_actors
+    blocks = max(2 * n_actors, min(32, -(-rows // cfg.batch_size))) if rows else 2 * n_actors
     ds = (
         ray.data.read_parquet(files, include_paths=True)
         .repartition(blocks)
@@ -120,11 +120,14 @@ def build_retrieval(
     item_vectors: Optional[tuple[np.ndarray, np.ndarray]] = None,
     overwrite: bool = False,
     use_cache: bool = True,
+    encode_actors: Optional[int] = None,
 ) -> Path:
     """Write the retrieval-augmented copy of ``prepared_dir`` to ``out_dir``; returns ``out_dir``.
 
     ``item_vectors``: raw ``(item_ids, vectors)`` to use instead of encoding the item table
-    with ``cfg.encoder`` (e.g. precomputed LLM embeddings). Needs Ray (joins or starts one
+    with ``cfg.encoder`` (e.g. precomputed LLM embeddings). ``encode_actors``: size of the
+    encoding actor pool on a cache miss (default ``n_actors``; each actor loads the encoder,
+    and takes a GPU when the cluster has them). Needs Ray (joins or starts one
     with ``ray.init()`` defaults when none is running). Raises DataError when ``out_dir``
     exists and ``overwrite`` is False (checked before any work).
     """
@@ -154,7 +157,7 @@ def build_retrieval(
             items,
             manifest.get("dataset"),
             spec=cfg.encoder,
-            n_actors=n_actors,
+            n_actors=encode_actors or n_actors,
             genres=cfg.item_text_genres,
             batch_size=cfg.encode_batch_size,
             use_cache=use_cache,
@@ -190,6 +193,7 @@ def build_retrieval(
         "item_space": space.info,
         "method": resolve_method(space, cfg) if cfg.order != "recent" else None,
         "n_actors": int(n_actors),
+        "encode_actors": int(encode_actors or n_actors),
         "source_prepared": str(src.resolve()),
         "source_splits_sha256": {name: s["sha256"] for name, s in manifest["splits"].items()},
         "timings_s": {"encode_and_space": round(encoded_s, 3), "retrieve": round(retrieve_s, 3)},

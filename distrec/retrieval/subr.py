@@ -76,7 +76,7 @@ class SubrConfig:
     candidates: Optional[int] = None  # only the most recent N history items are candidates
     method: Method = "auto"
     max_matrix_items: int = 8192  # auto: full item×item matrix up to this catalogue size (8192² fp32 = 256 MiB)
-    batch_size: int = 1024  # samples per Ray Data batch
+    batch_size: int = 4096  # samples per Ray Data batch (Ray's per-batch overhead dominates below ~4k)
     encode_batch_size: int = 128
     seed: int = 0  # PCA random_state
 

@@ -56,7 +56,8 @@ def init_ray(cfg: RayConfig) -> None:
     cpus = max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker + 1))
     ray.init(
         num_cpus=cpus,
-        include_dashboard=False,
+        include_dashboard=True,  # Ray Train's placement-group cleaner polls the state API it serves
+        dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         runtime_env=runtime_env,
         log_to_driver=True,
