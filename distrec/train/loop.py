@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from distrec.config import JobConfig, job_config_from_dict
 from distrec.train.checkpoint import TrainState, restore, save_and_report
@@ -185,7 +186,10 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
     if limit is not None:
         rows = {k: v[:limit] for k, v in rows.items()}
     local: list[tuple] = []
-    for batch, n_real in eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size):
+    batches = eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size)
+    n_batches = -(-len(rows["sample_id"]) // (strategy.world_size * ctx.job.eval.batch_size))
+    for batch, n_real in tqdm(batches, total=n_batches, desc=f"eval {split}", disable=not strategy.is_rank0,
+                              mininterval=10):
         local.extend(task.eval_rows(ctx.engine, batch, n_real))
     unique = {row[0]: row for part in strategy.all_gather_object(local) for row in part}
     metrics, columns = task.metrics(list(unique.values()))
