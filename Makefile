@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check --select F distrec tests jobs
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-all: setup

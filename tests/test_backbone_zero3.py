@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-
 from fixtures_data import shared_home
 
 

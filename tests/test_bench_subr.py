@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "jobs" / "bench" / "subr_throughput.py"
 
 
@@ -16,6 +18,7 @@ def _load():
     return module
 
 
+@pytest.mark.ray
 def test_bench_tiny_config_reports_and_appends_to_tmp(ray_local, tmp_path):
     bench = _load()
     repo_results = bench.RESULTS

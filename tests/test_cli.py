@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures_data import ml100k_raw_dir
 
 DISTREC = str(Path(sys.executable).with_name("distrec"))

@@ -20,8 +20,8 @@ CATALOG = np.arange(100, 140, dtype=np.int64)  # 40 items: 100..119 group 0, 120
 
 
 def small_cfg(**kw) -> DinConfig:
-    base = dict(embed_dim=8, hist_len=10, attn_hidden=16, hidden_size=32, mlp_layers=2, epochs=4,
-                batch_size=64, lr=1e-2, dropout=0.0, seed=7, device="cpu")
+    base = {"embed_dim": 8, "hist_len": 10, "attn_hidden": 16, "hidden_size": 32, "mlp_layers": 2, "epochs": 4,
+                "batch_size": 64, "lr": 1e-2, "dropout": 0.0, "seed": 7, "device": "cpu"}
     return DinConfig(**{**base, **kw})
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from fixtures_data import ML100K_DATA, ml100k_raw_dir, smollm2_gguf, write_ml100k_atomic
 
 from distrec.data import fetch as fetch_module
 from distrec.data.fetch import fetch
 from distrec.data.loaders import load_dataset
 from distrec.errors import DataError, DistrecError, ModelError
-from fixtures_data import ML100K_DATA, ml100k_raw_dir, smollm2_gguf, write_ml100k_atomic
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,6 @@ import gzip
 from pathlib import Path
 
 import pytest
-
-from distrec.data.loaders import load_dataset
-from distrec.errors import DataError
 from fixtures_data import (
     AMAZON_META,
     AMAZON_REVIEWS,
@@ -20,6 +17,9 @@ from fixtures_data import (
     write_ml100k_atomic,
     write_ml100k_raw,
 )
+
+from distrec.data.loaders import load_dataset
+from distrec.errors import DataError
 
 
 def replace_line(path: Path, line: int, text: str, encoding: str = "utf-8") -> None:

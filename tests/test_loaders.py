@@ -5,10 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from distrec.data import schema
-from distrec.data.loaders import DATASETS, dropped_rows, label_rule, load_dataset
-from distrec.errors import DataError
 from fixtures_data import (
     AMAZON_META,
     AMAZON_REVIEWS,
@@ -20,6 +16,10 @@ from fixtures_data import (
     write_ml100k_atomic,
     write_ml100k_raw,
 )
+
+from distrec.data import schema
+from distrec.data.loaders import DATASETS, dropped_rows, label_rule, load_dataset
+from distrec.errors import DataError
 
 
 def assert_tables(tables: schema.CanonicalTables, expected: dict) -> None:

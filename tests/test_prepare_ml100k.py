@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from fixtures_data import ml100k_raw_dir  # tests/ is on sys.path (no tests/__init__.py)
 
 from distrec.config import DataConfig

@@ -4,7 +4,6 @@ assistant header, so the CTR answer words are "Yes"/"No" without a leading space
 from __future__ import annotations
 
 import pyarrow as pa
-
 from fixtures_data import shared_home
 
 from distrec.config import ModelConfig, PromptConfig

@@ -319,6 +319,7 @@ def _write_prepared(root, rng, ids, n_train=300, n_valid=80, n_test=0):
     return samples
 
 
+@pytest.mark.ray
 def test_ray_pipeline_with_two_actors_equals_retrieve_table(ray_local, tmp_path, tmp_home, minilm):
     """The real path: item texts -> MiniLM in a Ray Data actor pool (1 actor) -> PCA -> SUBR in
     a pool of 2 actors -> a new prepared folder, equal row for row to the pure function."""

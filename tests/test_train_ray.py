@@ -101,6 +101,16 @@ def test_predictions_cover_the_test_split_and_metrics_match_sklearn(baseline):
     assert (baseline.run_dir / "report.md").is_file()
 
 
+def test_eval_of_the_saved_run_reproduces_its_test_metrics(baseline):
+    """`distrec eval --run DIR`: a fresh worker group loads the exported adapter."""
+    from distrec.config import load_job_config as load
+
+    job = load(baseline.run_dir / "config_train.yaml")
+    again = run_job(job, mode="eval", run_dir=baseline.run_dir)
+    for key in ("auc", "logloss", "accuracy", "n"):
+        assert again.metrics["test"][key] == pytest.approx(baseline.metrics["test"][key], abs=1e-6), key
+
+
 def assert_same_adapter(run_a, run_b, atol: float, rtol: float = 0.0) -> None:
     a, b = adapter_tensors(run_a.run_dir), adapter_tensors(run_b.run_dir)
     assert a.keys() == b.keys()

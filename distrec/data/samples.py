@@ -26,7 +26,13 @@ import numpy as np
 import pyarrow as pa
 
 from distrec.data.kcore import iterative_kcore
-from distrec.data.schema import CTR_SAMPLES, GENERATIVE_SAMPLES, INTERACTIONS, CanonicalTables, conform
+from distrec.data.schema import (
+    CTR_SAMPLES,
+    GENERATIVE_SAMPLES,
+    INTERACTIONS,
+    CanonicalTables,
+    conform,
+)
 from distrec.errors import DataError
 
 _MAX_LIST_VALUES = 2**31 - 1  # list<...> uses int32 offsets

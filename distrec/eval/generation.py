@@ -13,7 +13,13 @@ from typing import Sequence
 
 import numpy as np
 
-from distrec.eval.grounding import ItemIndex, clean_title, generate_beams, grounded_ranks, last_token_states
+from distrec.eval.grounding import (
+    ItemIndex,
+    clean_title,
+    generate_beams,
+    grounded_ranks,
+    last_token_states,
+)
 from distrec.eval.ranking_metrics import rank_metrics
 
 

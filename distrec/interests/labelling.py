@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from distrec.data.ray_data import quiet_ray_data
 from distrec.interests.config import LabelConfig
 
 #: The stored labels table.
@@ -315,24 +316,12 @@ class LabelStats:
         return asdict(self)
 
 
-def _quiet_ray_data() -> None:
-    import logging
-
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
 def run_llm_stage(prompts: pa.Table, cfg: LabelConfig, generate_fn: GenerateFn | None = None) -> pa.Table:
     """The Ray Data actor-pool stage over ``user_id, cluster, prompt``; sorted by user id."""
     import ray
     import ray.data
 
-    _quiet_ray_data()
+    quiet_ray_data()
     if prompts.num_rows == 0:
         return _ACTOR_SCHEMA.empty_table()
     n_blocks = max(cfg.num_actors, -(-prompts.num_rows // cfg.batch_size))

@@ -28,8 +28,9 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,8 @@ class SentenceEncoder:
 
     def __init__(
         self,
-        model_name_or_path: Optional[str | Path] = None,
-        device: Optional[str] = None,
+        model_name_or_path: str | Path | None = None,
+        device: str | None = None,
         batch_size: int = 128,
         normalize: bool = False,
     ) -> None:
@@ -146,7 +147,7 @@ class LLMMeanPoolEncoder:
         batch_size: int = 16,
         max_length: int = 256,
         template: str = "{text}",
-        model_id: Optional[str] = None,
+        model_id: str | None = None,
     ) -> None:
         if "{text}" not in template:
             raise ModelError(f"LLMMeanPoolEncoder: template must contain '{{text}}', got {template!r}")
@@ -207,7 +208,7 @@ class LLMMeanPoolEncoder:
         return out
 
 
-def make_encoder(spec: str, device: Optional[str] = None, batch_size: int = 128) -> Any:
+def make_encoder(spec: str, device: str | None = None, batch_size: int = 128) -> Any:
     """Build an encoder from a spec string: ``minilm``, ``sentence:<name>``, ``llm:<path>``."""
     if spec == "minilm":
         return SentenceEncoder(None, device=device, batch_size=batch_size)
@@ -260,7 +261,7 @@ def cache_path(model_id: str, texts: Sequence[str]) -> Path:
 def cached_encode(
     encode: Callable[[Sequence[str]], np.ndarray] | Any,
     texts: Sequence[str],
-    model_id: Optional[str] = None,
+    model_id: str | None = None,
     use_cache: bool = True,
 ) -> np.ndarray:
     """``encode(texts)`` through the embedding cache.
@@ -333,7 +334,7 @@ def encode_texts_ray(texts: Sequence[str], spec: str, n_actors: int = 1, batch_s
             num_gpus=1 if has_gpu else 0,
         )
     )
-    out: Optional[np.ndarray] = None
+    out: np.ndarray | None = None
     seen = 0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         emb = np.asarray(b["embedding"], dtype=np.float32)
@@ -348,7 +349,7 @@ def encode_texts_ray(texts: Sequence[str], spec: str, n_actors: int = 1, batch_s
 
 def encode_items(
     items: Any,
-    dataset: Optional[str] = None,
+    dataset: str | None = None,
     spec: str = "minilm",
     n_actors: int = 1,
     genres: str = "all",

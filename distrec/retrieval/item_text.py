@@ -15,7 +15,8 @@ Missing fields are simply omitted, never rendered as "None".
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +33,7 @@ _KIND_BY_DATASET: Mapping[str, ItemKind] = {
 }
 
 
-def item_kind(dataset: Optional[str]) -> ItemKind:
+def item_kind(dataset: str | None) -> ItemKind:
     """``movie`` for MovieLens datasets, ``book`` for BookCrossing, else ``item``."""
     name = (dataset or "").lower()
     if name in _KIND_BY_DATASET:
@@ -42,14 +43,14 @@ def item_kind(dataset: Optional[str]) -> ItemKind:
     return "item"
 
 
-def _clean(value: Any) -> Optional[str]:
+def _clean(value: Any) -> str | None:
     if value is None:
         return None
     text = " ".join(str(value).split())
     return text or None
 
 
-def _year(value: Any) -> Optional[int]:
+def _year(value: Any) -> int | None:
     try:
         year = int(value)
     except (TypeError, ValueError):
@@ -94,7 +95,7 @@ def item_text(row: Mapping[str, Any], kind: ItemKind = "item", genres: Literal["
 
 
 def item_texts(
-    items: pa.Table, dataset: Optional[str] = None, genres: Literal["all", "first"] = "all"
+    items: pa.Table, dataset: str | None = None, genres: Literal["all", "first"] = "all"
 ) -> tuple[np.ndarray, list[str]]:
     """``(item_ids int64 [n], texts)`` for every row of the ``items`` table, in item_id order."""
     if "item_id" not in items.column_names or "title" not in items.column_names:

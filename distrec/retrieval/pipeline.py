@@ -20,14 +20,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from distrec.data import storage
 from distrec.errors import DataError
-from distrec.retrieval.subr import ItemSpace, SubrConfig, build_space, resolve_method, retrieve_table
+from distrec.retrieval.subr import (
+    ItemSpace,
+    SubrConfig,
+    build_space,
+    resolve_method,
+    retrieve_table,
+)
 
 _KEEP_META = ("dataset", "task", "config", "source", "stats")
 
@@ -63,7 +69,7 @@ def run_subr_ray(
     space: ItemSpace,
     cfg: SubrConfig,
     n_actors: int = 1,
-    rows_hint: Optional[int] = None,
+    rows_hint: int | None = None,
 ) -> dict[str, pa.Table]:
     """Every split's shards through one SUBR actor pool; returns split -> table in file order.
 
@@ -117,10 +123,10 @@ def build_retrieval(
     out_dir: str | Path,
     cfg: SubrConfig,
     n_actors: int = 1,
-    item_vectors: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    item_vectors: tuple[np.ndarray, np.ndarray] | None = None,
     overwrite: bool = False,
     use_cache: bool = True,
-    encode_actors: Optional[int] = None,
+    encode_actors: int | None = None,
 ) -> Path:
     """Write the retrieval-augmented copy of ``prepared_dir`` to ``out_dir``; returns ``out_dir``.
 
@@ -145,7 +151,7 @@ def build_retrieval(
         ray.init()
     started = time.perf_counter()
 
-    space: Optional[ItemSpace] = None
+    space: ItemSpace | None = None
     encoder_info: dict[str, Any]
     if item_vectors is not None:
         ids, vectors = item_vectors

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -70,10 +70,10 @@ class SubrConfig:
     k: int = 30  # retrieved history items per sample (= prompt history length)
     order: Order = "chronological"
     similarity: Similarity = "cosine"
-    pca_dim: Optional[int] = 512  # None: no PCA
+    pca_dim: int | None = 512  # None: no PCA
     encoder: str = "minilm"  # "minilm" | "sentence:<name or folder>" | "llm:<HF causal LM folder>"
     item_text_genres: Literal["all", "first"] = "all"
-    candidates: Optional[int] = None  # only the most recent N history items are candidates
+    candidates: int | None = None  # only the most recent N history items are candidates
     method: Method = "auto"
     max_matrix_items: int = 8192  # auto: full item×item matrix up to this catalogue size (8192² fp32 = 256 MiB)
     batch_size: int = 4096  # samples per Ray Data batch (Ray's per-batch overhead dominates below ~4k)
@@ -108,9 +108,9 @@ class ItemSpace:
     vectors: np.ndarray  # float32 [n, d], C-contiguous
     similarity: str
     info: dict[str, Any] = field(default_factory=dict)
-    _matrix: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    _matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
     _faiss: Any = field(default=None, repr=False, compare=False)
-    _lut: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    _lut: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # ship vectors only; caches are rebuilt
         state = dict(self.__dict__)
@@ -142,7 +142,7 @@ class ItemSpace:
             raise DataError(f"SUBR: {what} id {first} has no vector (not in the item table of {self.n_items} items)")
         return pos_c.astype(np.int64)
 
-    def _lookup_table(self) -> Optional[np.ndarray]:
+    def _lookup_table(self) -> np.ndarray | None:
         """id -> row table when ids are non-negative and not too sparse (max id < 8n + 2^20)."""
         if self._lut is None and self.n_items and self.item_ids[0] >= 0:
             top = int(self.item_ids[-1])
@@ -249,7 +249,7 @@ def retrieve_arrays(
     offsets: np.ndarray,
     hist_ids: np.ndarray,
     target_ids: np.ndarray,
-    space: Optional[ItemSpace],
+    space: ItemSpace | None,
     cfg: SubrConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The core on flat arrays: sample ``i``'s history is ``hist_ids[offsets[i]:offsets[i+1]]``.

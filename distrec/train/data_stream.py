@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from distrec.config import JobConfig
+from distrec.data.ray_data import quiet_ray_data
 
 
 class TokenizeActor:
@@ -96,19 +97,6 @@ def tokenized_splits(job: JobConfig, prepared_dir: Path, splits: list[str]) -> d
         .materialize()
     )
     return {s: tokenized.filter(expr=f"split == '{s}'").materialize() for s in splits}
-
-
-def quiet_ray_data() -> None:
-    """No per-second progress bars or execution-plan logs from Ray Data (driver and workers)."""
-    import logging
-
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _asdict(job: JobConfig) -> dict:

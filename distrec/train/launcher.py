@@ -74,7 +74,13 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     if job.ray.address is None and not os.environ.get("RAY_ADDRESS"):
         # Must precede Ray's import: Ray reads these when it decides which address to advertise.
         os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     from distrec.eval.report import format_summary, write_report

@@ -172,8 +172,8 @@ def _device() -> str:
 
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001 - best effort
-        pass
+    except Exception as exc:  # noqa: BLE001 - best effort, the report still gets written
+        gpu = f"GPU unknown ({type(exc).__name__})"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; load average {load:.1f} at start"
 

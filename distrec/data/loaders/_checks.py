@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from distrec.data.schema import INTERACTIONS, ITEMS, USERS, CanonicalTables, conform
 from distrec.data.loaders._io import Lines
+from distrec.data.schema import INTERACTIONS, ITEMS, USERS, CanonicalTables, conform
 from distrec.errors import DataError
 
 log = logging.getLogger(__name__)

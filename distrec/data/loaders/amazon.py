@@ -23,7 +23,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from distrec.data.loaders._checks import check_known, check_ratings, check_unique, finish
+from distrec.data.loaders._checks import (
+    check_known,
+    check_ratings,
+    check_unique,
+    finish,
+)
 from distrec.data.loaders._fields import dense_ids, nulls, unescape
 from distrec.data.loaders._io import Lines, require_present
 from distrec.data.loaders._jsonl import number, read_json_lines, text, whole

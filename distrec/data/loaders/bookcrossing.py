@@ -25,9 +25,26 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from distrec.data.loaders._checks import check_known, check_ratings, check_unique, finish
-from distrec.data.loaders._fields import dense_ids, four_digit_year, int_strings, nulls, unescape
-from distrec.data.loaders._io import Col, Format, cast_strings, read_delimited, require_file
+from distrec.data.loaders._checks import (
+    check_known,
+    check_ratings,
+    check_unique,
+    finish,
+)
+from distrec.data.loaders._fields import (
+    dense_ids,
+    four_digit_year,
+    int_strings,
+    nulls,
+    unescape,
+)
+from distrec.data.loaders._io import (
+    Col,
+    Format,
+    cast_strings,
+    read_delimited,
+    require_file,
+)
 from distrec.data.schema import CanonicalTables
 
 BX_SCALE = (0.0, 10.0)

@@ -18,7 +18,13 @@ import pyarrow.compute as pc
 from distrec.data.loaders import recbole
 from distrec.data.loaders._checks import check_interactions, finish
 from distrec.data.loaders._fields import int_strings, nulls, split_list, year_at_end
-from distrec.data.loaders._io import Col, Format, read_delimited, read_split_lines, require_file
+from distrec.data.loaders._io import (
+    Col,
+    Format,
+    read_delimited,
+    read_split_lines,
+    require_file,
+)
 from distrec.data.loaders._movies import ML_SCALE, RATING_COLS, ml_users, movie_items
 from distrec.data.schema import CanonicalTables
 from distrec.errors import DataError

@@ -17,7 +17,14 @@ import pyarrow as pa
 
 from distrec.data.loaders._checks import check_interactions, finish
 from distrec.data.loaders._fields import four_digit_year, split_list
-from distrec.data.loaders._io import Col, Format, Lines, read_delimited, read_header, require_file
+from distrec.data.loaders._io import (
+    Col,
+    Format,
+    Lines,
+    read_delimited,
+    read_header,
+    require_file,
+)
 from distrec.data.loaders._movies import ML_SCALE, RATING_COLS, ml_users, movie_items
 from distrec.data.schema import CanonicalTables
 from distrec.errors import DataError

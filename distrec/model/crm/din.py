@@ -24,7 +24,7 @@ through its ``catalog_ids`` buffer (saved with the weights).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class DinConfig:
 class DIN(nn.Module):
     """Deep Interest Network over item ids (see the module docstring)."""
 
-    def __init__(self, catalog_ids: np.ndarray | torch.Tensor, cfg: Optional[DinConfig] = None) -> None:
+    def __init__(self, catalog_ids: np.ndarray | torch.Tensor, cfg: DinConfig | None = None) -> None:
         super().__init__()
         cfg = cfg or DinConfig()
         self.config = cfg

@@ -26,7 +26,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -139,7 +139,7 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
 
 
-def save_din(model: DIN, out_dir: str | Path, metrics: Optional[dict[str, Any]] = None, overwrite: bool = True) -> Path:
+def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
     """Atomically write ``din.safetensors`` + ``din_config.json`` (+ ``metrics.json``) to ``out_dir``."""
     from safetensors.torch import save_file
 
@@ -189,8 +189,8 @@ def load_din(path: str | Path, device: str | torch.device = "cpu") -> DIN:
 
 def train_din(
     prepared_dir: str | Path,
-    cfg: Optional[DinConfig] = None,
-    out_dir: Optional[str | Path] = None,
+    cfg: DinConfig | None = None,
+    out_dir: str | Path | None = None,
     overwrite: bool = True,
 ) -> dict[str, Any]:
     """Train DIN on ``prepared_dir``'s train split; select on valid AUC; report test metrics.
