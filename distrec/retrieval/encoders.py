@@ -314,7 +314,7 @@ def encode_texts_ray(texts: Sequence[str], spec: str, n_actors: int = 1, batch_s
     import ray
     import ray.data
 
-    from distrec.train.data_stream import quiet_ray_data
+    from distrec.data.ray_data import quiet_ray_data
 
     quiet_ray_data()
     n_actors = max(1, int(n_actors))

@@ -79,7 +79,7 @@ def run_subr_ray(
     import ray
     import ray.data
 
-    from distrec.train.data_stream import quiet_ray_data
+    from distrec.data.ray_data import quiet_ray_data
 
     quiet_ray_data()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
