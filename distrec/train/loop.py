@@ -27,7 +27,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for Ray Train. ``loop_config``: job (dict), run_dir, mode."""
     import ray.train
 
-    from distrec.model.adapters.lora import make_adapter
+    from distrec.model.adapters import make_adapter
     from distrec.model.backbone import build_model, load_tokenizer
     from distrec.train.monitor import Monitor
     from distrec.train.strategy import DeepSpeedStrategy

@@ -66,22 +66,3 @@ class LoraAdapter(Adapter):
         if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
             raise ModelError(f"no adapter_model.safetensors in {adapter_dir}")
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-
-
-class NoAdapter(Adapter):
-    """Full fine-tuning: every backbone parameter trains; export writes nothing."""
-
-    kind = "none"
-
-    def attach(self, model):
-        return model
-
-    def export(self, model, out_dir, gathered, is_rank0):
-        return None
-
-    def load(self, model, adapter_dir):
-        return model
-
-
-def make_adapter(cfg: AdapterConfig) -> Adapter:
-    return {"lora": LoraAdapter, "none": lambda c: NoAdapter()}[cfg.kind](cfg)
