@@ -105,7 +105,7 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _install(tmp: Path, out: Path, overwrite: bool) -> None:
+def install_folder(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move the complete ``tmp`` onto ``out``; an old ``out`` is restored if the move fails."""
     if not out.exists():
         os.replace(tmp, out)
@@ -157,7 +157,7 @@ def write_prepared(
             "splits": {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()},
         }
         _write_json(tmp / MANIFEST, manifest)
-        _install(tmp, out, overwrite)
+        install_folder(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

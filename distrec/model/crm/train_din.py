@@ -155,17 +155,7 @@ def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = N
         _write_json(tmp / CONFIG, {"format": 1, "n_items": model.n_items, "config": dataclasses.asdict(model.config)})
         if metrics is not None:
             _write_json(tmp / METRICS, metrics)
-        if out.exists():
-            aside = out.with_name(f"{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-            os.replace(out, aside)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(aside, out)
-                raise
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        storage.install_folder(tmp, out, overwrite=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
