@@ -180,6 +180,9 @@ class EvalConfig:
     max_new_tokens: int = 64
     grounding: Literal["top_beam", "interleave"] = "top_beam"
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
+    # Hold whole weights on every rank while generating: one gather instead of one per layer
+    # and decoding step (ZeRO-3). Needs the full model in memory on each rank.
+    gather_for_generation: bool = True
 
 
 @dataclass

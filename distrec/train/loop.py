@@ -7,6 +7,7 @@ validate, checkpoint -> select the best validation state -> export adapter -> te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -217,9 +218,12 @@ def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -
 
     e = ctx.job.eval
     titles = Catalog.for_dataset(ctx.job.data.dataset, pq.read_table(prepared_dir / "items.parquet")).titles
-    metrics = grounded_metrics(ctx.engine.module, tokenizer, ctx.strategy, rows, dict(titles),
-                               num_beams=e.num_beams, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                               mode=e.grounding, ks=e.ks)
+    module = ctx.engine.module
+    gathered = ctx.strategy.gathered(module.parameters()) if e.gather_for_generation else contextlib.nullcontext()
+    with gathered:
+        metrics = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles), num_beams=e.num_beams,
+                                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, mode=e.grounding,
+                                   ks=e.ks)
     ctx.monitor.scalars(0, {f"eval/test_{k}": v for k, v in metrics.items()})
     return metrics
 
