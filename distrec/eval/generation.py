@@ -46,8 +46,12 @@ def prompt_texts(tokenizer, input_ids: Sequence, labels: Sequence) -> list[str]:
 
 def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, str], *, num_beams: int = 5,
                      max_new_tokens: int = 64, batch_size: int = 8, mode: str = "top_beam",
-                     ks: Sequence[int] = (1, 3, 5, 10, 20)) -> dict[str, float]:
-    """HR@K / NDCG@K of grounded beam-search generations for every row of a split."""
+                     ks: Sequence[int] = (1, 3, 5, 10, 20)) -> tuple[dict[str, float], list[str]]:
+    """HR@K / NDCG@K of grounded beam-search generations for every row of a split.
+
+    Also returns a few readable examples (this rank's first rows: top beam, grounded item,
+    target) for the run's TensorBoard text tab.
+    """
     rank, world = strategy.rank, strategy.world_size
     sync = {"synced_gpus": world > 1}
 
@@ -71,4 +75,6 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
     targets = rows["item_id"][rows_share][:n_rows]
     local = grounded_ranks(per_row, targets, titles=titles, mode=mode).tolist()
     ranks = np.array([r for part in strategy.all_gather_object(local) for r in part])
-    return {**rank_metrics(ranks, ks=tuple(ks)), "n": int(len(ranks))}
+    examples = [f"generated: {beams[i][0]!r} -> grounded: {titles[per_row[i][0][0]]!r}; "
+                f"target: {titles[int(targets[i])]!r} (rank {local[i]})" for i in range(min(4, n_rows))]
+    return {**rank_metrics(ranks, ks=tuple(ks)), "n": int(len(ranks))}, examples

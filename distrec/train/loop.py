@@ -221,10 +221,12 @@ def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -
     module = ctx.engine.module
     gathered = ctx.strategy.gathered(module.parameters()) if e.gather_for_generation else contextlib.nullcontext()
     with gathered:
-        metrics = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles), num_beams=e.num_beams,
+        metrics, examples = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles), num_beams=e.num_beams,
                                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, mode=e.grounding,
                                    ks=e.ks)
     ctx.monitor.scalars(0, {f"eval/test_{k}": v for k, v in metrics.items()})
+    for i, example in enumerate(examples):
+        ctx.monitor.text("samples/generation", i, example)
     return metrics
 
 
