@@ -27,13 +27,14 @@ concatenated hex digests of its files, in order.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,28 @@ def install_folder(tmp: Path, out: Path, overwrite: bool) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_folder(out: Path, overwrite: bool, error: type[Exception] = DataError) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` atomically.
+
+    On any exception the temporary folder is removed and ``out`` is left as it was, so a failed
+    or interrupted write never leaves a folder that looks complete. ``error`` is raised before
+    any work when ``out`` exists and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise error(f"{out} already exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        install_folder(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_prepared(
     out: Path,
     splits: Mapping[str, pa.Table],
@@ -138,13 +161,7 @@ def write_prepared(
     ``meta``: extra manifest keys (dataset, task, config, source, stats, ...).
     Raises DataError if ``out`` exists and ``overwrite`` is False (checked before any work).
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with staged_folder(Path(out), overwrite) as tmp:
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -157,10 +174,6 @@ def write_prepared(
             "splits": {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()},
         }
         _write_json(tmp / MANIFEST, manifest)
-        install_folder(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

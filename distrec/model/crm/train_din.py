@@ -21,9 +21,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -144,21 +141,12 @@ def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = N
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ModelError(f"{out} already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with storage.staged_folder(out, overwrite, error=ModelError) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         _write_json(tmp / CONFIG, {"format": 1, "n_items": model.n_items, "config": dataclasses.asdict(model.config)})
         if metrics is not None:
             _write_json(tmp / METRICS, metrics)
-        storage.install_folder(tmp, out, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
