@@ -1,4 +1,4 @@
-"""The ``distrec`` command line: ``data fetch|prepare``, ``train``, ``eval``."""
+"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,59 @@ def train(
         run_job(job, mode="train")
     except DistrecError as exc:
         _fail(exc)
+
+
+@app.command()
+def retrieve(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """ReLLaX SUBR alone: write the retrieval-augmented copy of the job's prepared data (Ray Data + faiss)."""
+    from distrec.config import load_job_config
+    from distrec.train.artefacts import ensure_prepared, ensure_retrieval
+    from distrec.train.launcher import init_ray
+
+    try:
+        job = load_job_config(config, ["subr.enabled=true", *(overrides or [])])
+        prepared = ensure_prepared(job)
+        init_ray(job.ray)
+        folder = ensure_retrieval(job, prepared)
+    except DistrecError as exc:
+        _fail(exc)
+    from distrec.data import storage
+
+    meta = storage.read_manifest(folder)["subr"]
+    typer.echo(f"SUBR (k={job.subr.k}, order={job.subr.order}, encoder={job.subr.encoder}) -> {folder}")
+    typer.echo(f"  timings: {meta['timings_s']}")
+
+
+crm_app = typer.Typer(help="The conventional recommender (DIN) behind ReLLaX's SPA and CFLoRA.", no_args_is_help=True)
+app.add_typer(crm_app, name="crm")
+
+
+@crm_app.command("train")
+def crm_train(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Train DIN on the job's full training split (or reuse it) and print its AUC / LogLoss."""
+    from distrec.config import load_job_config
+    from distrec.model.crm.train_din import METRICS
+    from distrec.train.artefacts import ensure_crm
+
+    try:
+        job = load_job_config(config, overrides or [])
+        folder = ensure_crm(job)
+    except DistrecError as exc:
+        _fail(exc)
+    import json
+
+    metrics = json.loads((folder / METRICS).read_text())
+    typer.echo(f"DIN -> {folder} ({metrics['train_samples']} training samples, best epoch {metrics['best_epoch']})")
+    for split in ("valid", "test"):
+        m = metrics.get(split) or {}
+        if m:
+            typer.echo(f"  {split}: AUC {m['auc']:.4f}  LogLoss {m['logloss']:.4f}  UAUC {m.get('uauc', float('nan')):.4f}")
 
 
 @app.command("eval")

@@ -12,6 +12,8 @@ from typing import Literal, Optional
 
 from distrec import config_loader
 from distrec.errors import ConfigError
+from distrec.model.crm.din import DinConfig
+from distrec.retrieval.subr import SubrConfig
 
 
 @dataclass
@@ -77,18 +79,51 @@ class ModelConfig:
 
 
 @dataclass
+class CFLoraOptions:
+    """CFLoRA-only settings (``adapter.kind: cflora``); r, alpha, dropout and targets are shared.
+
+    ``mode``: ``generated`` (G per instance from the CRM representation, the authors' code),
+    ``static`` (one learned r×r matrix), ``identity`` (G = I: plain LoRA), ``zero`` (base model).
+    """
+
+    mode: Literal["generated", "static", "identity", "zero"] = "generated"
+    g_init: Literal["kaiming", "identity"] = "kaiming"  # static mode
+    freeze_ab: bool = False  # two-stage regime: A, B from lora_init_dir, frozen
+    lora_init_dir: Optional[str] = None  # a PEFT LoRA export (e.g. <run>/distrec/adapter) to start A, B from
+
+
+@dataclass
 class AdapterConfig:
     """Parameter-efficient adapter on the backbone's linear layers."""
 
-    kind: Literal["lora", "none"] = "lora"
+    kind: Literal["lora", "cflora", "none"] = "lora"
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    cflora: CFLoraOptions = field(default_factory=CFLoraOptions)
 
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise ValueError(f"adapter.r must be > 0, got {self.r}")
+
+
+@dataclass
+class CrmConfig(DinConfig):
+    """The conventional recommender (DIN) behind SPA and CFLoRA; trained on the full split.
+
+    ``path``: a saved DIN folder (``distrec crm train``); None -> built on first use under
+    ``$DISTREC_HOME/crm/`` from the job's data with no few-shot subsets.
+    """
+
+    path: Optional[str] = None
+
+
+@dataclass
+class SpaConfig:
+    """ReLLaX SPA: CRM item embeddings, projected, replace placeholder tokens in the CTR prompt."""
+
+    enabled: bool = False
 
 
 @dataclass
@@ -196,6 +231,21 @@ class JobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cft: CftConfig = field(default_factory=CftConfig)
+    subr: SubrConfig = field(default_factory=SubrConfig)
+    crm: CrmConfig = field(default_factory=CrmConfig)
+    spa: SpaConfig = field(default_factory=SpaConfig)
+
+    def __post_init__(self) -> None:
+        if (self.spa.enabled or self.subr.enabled or self.needs_crm) and self.data.task != "ctr":
+            raise ValueError("subr, spa and CFLoRA mode 'generated' read CTR samples (data.task=ctr); "
+                             "other CFLoRA modes work with either task")
+        if self.crm.history == "retrieved" and not self.subr.enabled:
+            raise ValueError("crm.history=retrieved reads SUBR's history_indices: set subr.enabled=true")
+
+    @property
+    def needs_crm(self) -> bool:
+        """SPA and generated-mode CFLoRA read the frozen CRM."""
+        return self.spa.enabled or (self.adapter.kind == "cflora" and self.adapter.cflora.mode == "generated")
 
 
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

@@ -37,7 +37,8 @@ from distrec.data.prompts import (
 from distrec.errors import DataError, ModelError
 
 IGNORE_INDEX = -100
-_CTR_KEYS = ("input_ids", "labels", "label", "n_history_shown", "n_truncated")
+_CTR_KEYS = ("input_ids", "labels", "label", "n_history_shown", "n_truncated", "shown_item_ids")
+NO_MARKERS = ("", "")
 _GEN_KEYS = ("input_ids", "labels", "n_history_shown", "n_truncated")
 
 
@@ -164,11 +165,14 @@ def ctr_prompt_text(
     cfg: PromptConfig,
     history_indices: Optional[Sequence[int]] = None,
     n_drop: int = 0,
+    markers: tuple[str, str] = NO_MARKERS,
 ) -> str:
     """The rendered CTR prompt (chat template applied if configured) with ``n_drop`` oldest
-    shown items left out. ``history_indices`` defaults to the sample's own column, if any."""
+    shown items left out. ``history_indices`` defaults to the sample's own column, if any.
+    ``markers``: SPA's (history, target) placeholder texts, appended after each shown item."""
     positions = drop_oldest(_ctr_positions(sample, cfg, history_indices), n_drop)
-    prompt = build_ctr_prompt(sample, catalog, cfg.history_k, positions)
+    prompt = build_ctr_prompt(sample, catalog, cfg.history_k, positions, hist_marker=markers[0],
+                              target_marker=markers[1])
     return render(tokenizer, prompt, cfg.use_chat_template)
 
 
@@ -182,8 +186,10 @@ def tokenize_ctr(
     history_indices: Optional[Sequence[int]] = None,
     *,
     prompt_ids: Optional[list[int]] = None,
+    markers: tuple[str, str] = NO_MARKERS,
 ) -> dict:
-    """One CTR sample -> ``input_ids``, ``labels``, ``label``, ``n_history_shown``, ``n_truncated``.
+    """One CTR sample -> ``input_ids``, ``labels``, ``label``, ``n_history_shown``, ``n_truncated``,
+    ``shown_item_ids`` (the history items the prompt shows, in prompt order, after truncation).
 
     ``prompt_ids``: the already-encoded untruncated prompt (the batched path encodes many at
     once); recomputed when None.
@@ -195,7 +201,7 @@ def tokenize_ctr(
     templated = _templated(tokenizer, cfg)
 
     def encode_with_drop(n_drop: int) -> list[int]:
-        text = ctr_prompt_text(sample, catalog, tokenizer, cfg, positions, n_drop)
+        text = ctr_prompt_text(sample, catalog, tokenizer, cfg, positions, n_drop, markers)
         return _encode_prompt(tokenizer, text, templated)
 
     n_drop, ids = _fit(
@@ -203,12 +209,14 @@ def tokenize_ctr(
         cfg.max_length, prompt_ids,
     )
     answer = yes_id if label == 1 else no_id
+    history = sample["history_item_ids"]
     return {
         "input_ids": ids + [answer],
         "labels": [IGNORE_INDEX] * len(ids) + [answer],
         "label": label,
         "n_history_shown": len(positions) - n_drop,
         "n_truncated": n_drop,
+        "shown_item_ids": [int(history[p]) for p in drop_oldest(positions, n_drop)],
     }
 
 
@@ -305,11 +313,13 @@ def tokenize_batch(
     yes_id: Optional[int] = None,
     no_id: Optional[int] = None,
     with_counterfactual: bool = False,
+    markers: tuple[str, str] = NO_MARKERS,
 ) -> dict[str, list]:
     """Tokenise a batch of samples (for Ray Data ``map_batches``): dict of equal-length lists.
 
-    Keeps ``sample_id``, ``user_id``, ``item_id`` (and ``label`` for CTR) next to
-    ``input_ids``, ``labels``, ``n_history_shown``, ``n_truncated``. Generative with
+    Keeps ``sample_id``, ``user_id``, ``item_id``, ``history_item_ids`` (and ``label`` for CTR)
+    next to ``input_ids``, ``labels``, ``n_history_shown``, ``n_truncated`` (CTR:
+    ``shown_item_ids``; ``markers`` as in :func:`ctr_prompt_text`). Generative with
     ``with_counterfactual`` adds ``cf_input_ids`` / ``cf_labels`` (CFT). The untruncated
     prompts are encoded in one batched call; only overlong samples are re-encoded.
     """
@@ -317,7 +327,7 @@ def tokenize_batch(
     n = len(cols["sample_id"])
     rows = [{c: v[i] for c, v in cols.items()} for i in range(n)]
     templated = _templated(tokenizer, cfg)
-    out: dict[str, list] = {c: cols[c] for c in ("sample_id", "user_id", "item_id") if c in cols}
+    out: dict[str, list] = {c: cols[c] for c in ("sample_id", "user_id", "item_id", "history_item_ids") if c in cols}
 
     def collect(results: list[dict], keys: tuple[str, ...], prefix: str = "") -> None:
         for key in keys:  # explicit keys: an empty batch still has every column
@@ -327,10 +337,10 @@ def tokenize_batch(
         if yes_id is None or no_id is None:
             yes_id, no_id = ctr_label_ids(tokenizer, cfg)
         first = _encode_many(
-            tokenizer, [ctr_prompt_text(r, catalog, tokenizer, cfg) for r in rows], templated
+            tokenizer, [ctr_prompt_text(r, catalog, tokenizer, cfg, markers=markers) for r in rows], templated
         )
         collect([
-            tokenize_ctr(r, catalog, tokenizer, cfg, yes_id, no_id, prompt_ids=ids)
+            tokenize_ctr(r, catalog, tokenizer, cfg, yes_id, no_id, prompt_ids=ids, markers=markers)
             for r, ids in zip(rows, first)
         ], _CTR_KEYS)
     elif task == "generative":

@@ -75,7 +75,7 @@ def add_placeholder_tokens(tokenizer, model: nn.Module | None = None) -> dict[st
     if model is not None:
         n = len(tokenizer)
         if model.get_input_embeddings().num_embeddings < n:
-            model.resize_token_embeddings(n)
+            model.resize_token_embeddings(n, mean_resizing=False)
     return ids
 
 
@@ -166,3 +166,47 @@ def inject(
     # masked_scatter fills positions in row-major order: row by row, left to right = prompt order.
     out = embeds.masked_scatter(hist_mask.unsqueeze(-1), projected[:n])
     return out.masked_scatter(target_mask.unsqueeze(-1), projected[n:])
+
+
+class SoftPromptLM(nn.Module):
+    """The causal LM plus SPA's projector, as one module for DeepSpeed to wrap and partition.
+
+    ``forward(input_ids, attention_mask, ..., spa=None)``: with ``spa`` — a dict of ``hist``
+    ``[B, N, d_crm]``, ``counts`` ``[B]`` and ``target`` ``[B, d_crm]`` (frozen CRM item
+    embeddings in prompt order) — the placeholder positions of ``input_ids`` are replaced by
+    their projections (:func:`inject`) and the LM runs on ``inputs_embeds``; without it the LM
+    runs on ``input_ids`` unchanged. Other keyword arguments go to the LM.
+    """
+
+    def __init__(self, llm: nn.Module, projector: Projector, placeholder_ids: Mapping[str, int]) -> None:
+        super().__init__()
+        self.llm = llm
+        self.projector = projector
+        self.placeholder_ids = dict(placeholder_ids)
+
+    def forward(self, input_ids: torch.Tensor, spa: Mapping[str, torch.Tensor] | None = None, **kwargs):
+        if spa is None:
+            return self.llm(input_ids=input_ids, **kwargs)
+        embeds = inject(self.llm.get_input_embeddings(), input_ids, self.placeholder_ids, spa["hist"],
+                        spa["target"], self.projector, hist_counts=spa["counts"])
+        return self.llm(inputs_embeds=embeds, **kwargs)
+
+    def export_projector(self, out_dir, gathered, is_rank0: bool):
+        """Write ``projector.safetensors`` + ``spa_config.json`` (rank 0; every rank gathers)."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        params = dict(self.projector.named_parameters())
+        with gathered(list(params.values())):
+            if not is_rank0:
+                return None
+            state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out / "projector.safetensors"))
+        config = {"d_crm": self.projector.d_crm, "d_llm": self.projector.d_llm, "markers": [HIST_TOKEN, TARGET_TOKEN],
+                  "placeholder_ids": self.placeholder_ids}
+        (out / "spa_config.json").write_text(json.dumps(config, indent=2))
+        return out

@@ -18,14 +18,16 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, V)`` logits of the token after each left-padded prompt ``(B, T)``."""
+def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+    """``(B, V)`` logits of the token after each left-padded prompt ``(B, T)``; ``extra`` goes
+    to the model (e.g. SPA's ``spa=`` inputs)."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_for(attention_mask),
         logits_to_keep=1,
         use_cache=False,
+        **extra,
     )
     return out.logits[:, -1, :].float()
 

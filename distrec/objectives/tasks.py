@@ -17,6 +17,7 @@ gradients over ranks.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +46,27 @@ class Batchify:
         return out.to(self.device)
 
 
-class CtrTask:
+class _Task:
+    """``conditioning``: per-batch CRM inputs (``model.rellax.BatchConditioning``) or None."""
+
+    conditioning = None
+
+    def context(self, batch: dict):
+        """Hold per-instance state (CFLoRA's h_u) around a micro-batch's forward *and* backward."""
+        return self.conditioning.context(batch) if self.conditioning is not None else contextlib.nullcontext()
+
+    def _kwargs(self, batch: dict) -> dict:
+        return self.conditioning.kwargs(batch) if self.conditioning is not None else {}
+
+
+class CtrTask(_Task):
     """P(yes) at the answer position; LM loss of the answer token (see ``objectives.ctr``)."""
 
     selection = ("auc", True)
 
-    def __init__(self, yes_id: int, no_id: int, batchify: Batchify) -> None:
+    def __init__(self, yes_id: int, no_id: int, batchify: Batchify, conditioning=None) -> None:
         self.yes_id, self.no_id, self.b = yes_id, no_id, batchify
+        self.conditioning = conditioning
 
     def normalisers(self, micro_batches: list[dict]) -> dict[str, float]:
         return {"tokens": float(sum(len(mb["sample_id"]) for mb in micro_batches))}
@@ -61,7 +76,7 @@ class CtrTask:
 
         ids, mask = self.b.ids([seq[:-1] for seq in batch["input_ids"]])
         answers = torch.as_tensor([int(seq[-1]) for seq in batch["input_ids"]], device=ids.device)
-        return answer_logits(engine, ids, mask), answers
+        return answer_logits(engine, ids, mask, **self._kwargs(batch)), answers
 
     def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the global mean answer loss (and its summed loss)."""
@@ -79,7 +94,8 @@ class CtrTask:
     def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:
         from distrec.objectives.ctr import p_yes
 
-        logits, _ = self._logits(engine, batch)
+        with self.context(batch):
+            logits, _ = self._logits(engine, batch)
         probs = p_yes(logits, self.yes_id, self.no_id).cpu().numpy()
         return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(probs[i]))
                 for i in range(n_real)]
@@ -96,7 +112,7 @@ class CtrTask:
         return ctr_metrics(columns["label"], columns["p_yes"], columns["user_id"]), columns
 
 
-class GenerativeTask:
+class GenerativeTask(_Task):
     """Next-item title generation: SFT, or CFT when ``cft.lam > 0`` (``objectives.cft``).
 
     Validation during training uses the evaluation loss ``L_n`` (lower is better): beam

@@ -127,13 +127,15 @@ def build_retrieval(
     overwrite: bool = False,
     use_cache: bool = True,
     encode_actors: int | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write the retrieval-augmented copy of ``prepared_dir`` to ``out_dir``; returns ``out_dir``.
 
     ``item_vectors``: raw ``(item_ids, vectors)`` to use instead of encoding the item table
     with ``cfg.encoder`` (e.g. precomputed LLM embeddings). ``encode_actors``: size of the
     encoding actor pool on a cache miss (default ``n_actors``; each actor loads the encoder,
-    and takes a GPU when the cluster has them). Needs Ray (joins or starts one
+    and takes a GPU when the cluster has them). ``extra_meta`` is merged into the manifest's
+    ``subr`` entry (e.g. the caller's cache key). Needs Ray (joins or starts one
     with ``ray.init()`` defaults when none is running). Raises DataError when ``out_dir``
     exists and ``overwrite`` is False (checked before any work).
     """
@@ -203,6 +205,7 @@ def build_retrieval(
         "source_prepared": str(src.resolve()),
         "source_splits_sha256": {name: s["sha256"] for name, s in manifest["splits"].items()},
         "timings_s": {"encode_and_space": round(encoded_s, 3), "retrieve": round(retrieve_s, 3)},
+        **(extra_meta or {}),
     }
     meta = {k: manifest[k] for k in _KEEP_META if k in manifest}
     meta["subr"] = subr_meta

@@ -65,13 +65,14 @@ _PAD = np.iinfo(np.int64).min
 
 @dataclass
 class SubrConfig:
-    """Semantic user-behaviour retrieval (to be merged into the job config by the lead)."""
+    """Semantic user-behaviour retrieval (the job config's ``subr`` section)."""
 
+    enabled: bool = False  # distrec train: retrieve (or reuse) before tokenising; False = recent-K prompts
     k: int = 30  # retrieved history items per sample (= prompt history length)
     order: Order = "chronological"
     similarity: Similarity = "cosine"
     pca_dim: int | None = 512  # None: no PCA
-    encoder: str = "minilm"  # "minilm" | "sentence:<name or folder>" | "llm:<HF causal LM folder>"
+    encoder: str = "minilm"  # "minilm" | "sentence:<name or folder>" | "llm:<HF causal LM folder>" | "backbone" (the job's LLM)
     item_text_genres: Literal["all", "first"] = "all"
     candidates: int | None = None  # only the most recent N history items are candidates
     method: Method = "auto"

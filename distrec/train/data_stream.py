@@ -42,6 +42,12 @@ class TokenizeActor:
         )
         self.tokenizer = load_tokenizer(self.job.model)
         self.yes_no = ctr_label_ids(self.tokenizer, self.job.prompt) if self.job.data.task == "ctr" else (None, None)
+        self.markers = ("", "")
+        if self.job.spa.enabled:
+            from distrec.model.soft_prompts import HIST_TOKEN, TARGET_TOKEN, add_placeholder_tokens
+
+            add_placeholder_tokens(self.tokenizer)
+            self.markers = (HIST_TOKEN, TARGET_TOKEN)
 
     def __call__(self, batch) -> dict[str, Any]:
         from distrec.data.tokenize import tokenize_batch
@@ -49,10 +55,10 @@ class TokenizeActor:
         counterfactual = self.job.data.task == "generative" and self.job.cft.lam > 0
         out = tokenize_batch(
             batch, self.catalog, self.tokenizer, self.job.prompt, self.job.data.task, *self.yes_no,
-            with_counterfactual=counterfactual,
+            with_counterfactual=counterfactual, markers=self.markers,
         )
         keep = {"sample_id", "user_id", "item_id", "label", "input_ids", "labels", "cf_input_ids", "cf_labels",
-                "n_truncated"}
+                "n_truncated", "history_item_ids", "shown_item_ids"}
         columns = {k: _column(v) for k, v in out.items() if k in keep}
         columns["split"] = np.asarray([Path(p).parent.name for p in _paths(batch)])
         return columns
@@ -74,8 +80,9 @@ def tokenized_splits(job: JobConfig, prepared_dir: Path, splits: list[str]) -> d
     """Materialised Ray Datasets of tokenised samples, one per split, each in sample order.
 
     All splits go through one actor pool (the tokenizer loads once per actor, not per split).
-    Columns: ``split, sample_id, user_id, item_id, input_ids, n_truncated``, plus ``label`` (CTR:
-    ``input_ids`` = prompt + answer) or ``labels`` and, for CFT, ``cf_input_ids``/``cf_labels``.
+    Columns: ``split, sample_id, user_id, item_id, history_item_ids, input_ids, n_truncated``, plus
+    ``label`` and ``shown_item_ids`` (CTR: ``input_ids`` = prompt + answer) or ``labels`` and, for
+    CFT, ``cf_input_ids``/``cf_labels``.
     """
     import ray.data
 

@@ -32,16 +32,6 @@ class RunResult:
     elapsed_s: float
 
 
-def ensure_prepared(job: JobConfig) -> Path:
-    """The prepared dataset folder for ``job.data``, preparing it first when needed."""
-    from distrec.data.prepare import default_out, is_prepared, prepare
-
-    out = Path(job.data.prepared_dir) if job.data.prepared_dir else default_out(job.data)
-    if not is_prepared(out, job.data):
-        out, _ = prepare(job.data, out=out)
-    return out
-
-
 def init_ray(cfg: RayConfig) -> None:
     """Join ``cfg.address``/$RAY_ADDRESS, or start a local loopback-only Ray."""
     import ray
@@ -84,6 +74,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     from ray.train.torch import TorchTrainer
 
     from distrec.eval.report import format_summary, write_report
+    from distrec.train.artefacts import ensure_crm, ensure_prepared, ensure_retrieval
     from distrec.model.backbone import tokenizer_dir
     from distrec.train.data_stream import tokenized_splits
     from distrec.train.loop import train_worker
@@ -91,6 +82,9 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     prepared = ensure_prepared(job)
     tokenizer_dir(job.model)  # fetch/convert model files once, here, not in every worker
     init_ray(job.ray)
+    if job.subr.enabled:
+        prepared = ensure_retrieval(job, prepared)
+    crm = str(ensure_crm(job)) if job.needs_crm else None
     storage = Path(job.ray.storage_path).expanduser().resolve()
     name = run_name(job) if run_dir is None else Path(run_dir).parent.name
     run_dir = storage / name / "distrec" if run_dir is None else Path(run_dir)
@@ -102,7 +96,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "mode": mode, "splits": splits,
-                           "prepared_dir": str(prepared)},
+                           "prepared_dir": str(prepared), "crm_dir": crm},
         scaling_config=ScalingConfig(
             num_workers=job.ray.num_workers,
             use_gpu=job.ray.use_gpu,
@@ -130,6 +124,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
         "adapter": str(run_dir / "adapter"),
         "checkpoints": str(storage / name),
         "prepared data": str(prepared),
+        **({"crm": crm} if crm else {}),
         "tensorboard": str(run_dir / "tensorboard"),
     }
     summary = {f"{split}.{k}": v for split, m in metrics.items() for k, v in m.items()}

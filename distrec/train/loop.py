@@ -30,6 +30,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     from distrec.model.adapters import make_adapter
     from distrec.model.backbone import build_model, load_tokenizer
+    from distrec.model.rellax import add_spa_tokens, assemble
     from distrec.train.monitor import Monitor
     from distrec.train.strategy import DeepSpeedStrategy
 
@@ -40,11 +41,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(job.train.seed)  # identical adapter initialisation on every rank
 
     tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
-    task = make_task(job, tokenizer, strategy.device)
     with strategy.model_init_context():
-        model = build_model(job.model)
-    adapter = make_adapter(job.adapter)
-    model = adapter.attach(model)
+        llm = build_model(job.model)
+    add_spa_tokens(job, tokenizer, llm)
+    adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
+    llm = adapter.attach(llm)
+    model, conditioning = assemble(job, llm, tokenizer, adapter, loop_config.get("crm_dir"), strategy.device)
+    task = make_task(job, tokenizer, strategy.device, conditioning)
 
     splits = {name: load_rows(ray.train.get_dataset_shard(name)) for name in loop_config["splits"]}
     train_rows = splits.get("train")
@@ -63,7 +66,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         monitor.text("events/resume", state.step, f"resumed at step {state.step} (epoch {state.epoch})")
 
     if mode == "eval":
-        _assign(strategy, model, _exported_weights(model, run_dir / "adapter"))
+        _assign(strategy, model, load_selected(model, run_dir))
     if mode == "train":
         if per_epoch == 0:
             from distrec.errors import DataError
@@ -80,7 +83,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             return
         if best is not None:
             _assign(strategy, model, best)
-        adapter.export(model, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
+        save_selected(best if best is not None else _snapshot(ctx), run_dir, strategy.is_rank0)
+        adapter.export(llm, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
+        if hasattr(model, "export_projector"):
+            model.export_projector(run_dir / "spa", strategy.gathered, strategy.is_rank0)
     results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
     if job.data.task == "generative" and job.eval.generate and "test" in splits:
         results["test"].update(_grounded_test_metrics(ctx, tokenizer, splits["test"], Path(loop_config["prepared_dir"])))
@@ -100,14 +106,14 @@ class _Context:
         self.monitor, self.run_dir = monitor, run_dir
 
 
-def make_task(job: JobConfig, tokenizer, device: torch.device):
-    """The task object (``objectives.tasks``) for ``job.data.task``."""
+def make_task(job: JobConfig, tokenizer, device: torch.device, conditioning=None):
+    """The task object (``objectives.tasks``) for ``job.data.task``; ``conditioning``: CRM inputs (ReLLaX)."""
     from distrec.data.tokenize import ctr_label_ids
     from distrec.objectives.tasks import Batchify, CtrTask, GenerativeTask
 
     batchify = Batchify(tokenizer.pad_token_id, device)
     if job.data.task == "ctr":
-        return CtrTask(*ctr_label_ids(tokenizer, job.prompt), batchify)
+        return CtrTask(*ctr_label_ids(tokenizer, job.prompt), batchify, conditioning)
     return GenerativeTask(job.cft, batchify)
 
 
@@ -130,8 +136,9 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             stats: dict[str, float] = {}
             tokens = 0
             for mb in micro_batches:
-                loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
-                strategy.backward(loss * strategy.accumulation_scale)
+                with task.context(mb):
+                    loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
+                    strategy.backward(loss * strategy.accumulation_scale)
                 strategy.step()
                 for k, v in mb_stats.items():
                     stats[k] = stats.get(k, 0.0) + v
@@ -245,23 +252,39 @@ def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
             p.data.copy_(tensors[name])
 
 
-def _exported_weights(model, adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """Exported PEFT tensors keyed by this model's parameter names (PEFT drops ".default")."""
+SELECTED = "selected_trainable.safetensors"
+
+
+def save_selected(state: dict[str, torch.Tensor], run_dir: Path, is_rank0: bool) -> None:
+    """The selected trainable tensors (adapter, projector), keyed by parameter name, for ``distrec eval``."""
+    if not is_rank0:
+        return
+    from safetensors.torch import save_file
+
+    tmp = run_dir / f".{SELECTED}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(run_dir / SELECTED)
+
+
+def load_selected(model, run_dir: Path) -> dict[str, torch.Tensor]:
+    """:func:`save_selected`'s tensors, checked against ``model``'s trainable parameters."""
     from safetensors.torch import load_file
 
     from distrec.errors import ModelError
 
-    path = adapter_dir / "adapter_model.safetensors"
+    path = run_dir / SELECTED
     if not path.is_file():
-        raise ModelError(f"no exported adapter at {path}: was the run trained to the end?")
+        raise ModelError(f"no selected weights at {path}: was the run trained to the end?")
     saved = load_file(str(path))
     out = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            key = name.replace(".default.", ".")
-            if key not in saved:
-                raise ModelError(f"{path}: has no tensor '{key}' (adapter/model shape mismatch)")
-            out[name] = saved[key]
+            if name not in saved:
+                raise ModelError(f"{path}: has no tensor '{name}' (a different model or adapter configuration)")
+            shape = tuple(getattr(p, "ds_shape", p.shape))
+            if tuple(saved[name].shape) != shape:
+                raise ModelError(f"{path}: '{name}' has shape {tuple(saved[name].shape)}, the model's is {shape}")
+            out[name] = saved[name]
     return out
 
 

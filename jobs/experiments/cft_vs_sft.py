@@ -10,8 +10,6 @@ The table goes to stdout and to ``<storage>/cft_vs_sft.md``.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 ROWS = {
     "SFT": ["cft.lam=0", "cft.weight_rule=uniform"],
@@ -21,27 +19,23 @@ ROWS = {
 }
 
 
+KEYS = ("hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "loss")
+
+
 def main(argv: list[str] | None = None) -> str:
-    from distrec.config import load_job_config
-    from distrec.train.launcher import run_job
+    from table_runs import run_rows
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="jobs/ml100k_cft.yaml")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    lines = ["| row | HR@1 | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | test L_n | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    storage = None
-    for i, (row, extra) in enumerate(ROWS.items()):
-        job = load_job_config(args.config, [*args.overrides, *extra, f"ray.run_name=cft-vs-sft-{stamp}-{i}"])
-        storage = Path(job.ray.storage_path)
-        result = run_job(job)
+
+    def cells(_row, result) -> list[str]:
         m = result.metrics["test"]
-        lines.append(f"| {row} | " + " | ".join(f"{m[k]:.4f}" for k in ("hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "loss"))
-                     + f" | {result.elapsed_s:.0f} |")
-    table = "\n".join(lines)
-    print(table)
+        return [f"{m[k]:.4f}" for k in KEYS] + [f"{result.elapsed_s:.0f}"]
+
+    header = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "test L_n", "run time (s)"]
+    table, storage = run_rows(args.config, args.overrides, ROWS, header, cells, "cft-vs-sft")
     (storage / "cft_vs_sft.md").write_text(f"config: {args.config} {' '.join(args.overrides)}\n\n{table}\n")
     return table
 

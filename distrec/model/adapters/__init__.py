@@ -22,6 +22,16 @@ class NoAdapter(Adapter):
         return model
 
 
-def make_adapter(cfg: AdapterConfig) -> Adapter:
-    """The adapter named by ``adapter.kind``."""
-    return LoraAdapter(cfg) if cfg.kind == "lora" else NoAdapter()
+def make_adapter(cfg: AdapterConfig, d_instance: int = 256) -> Adapter:
+    """The adapter named by ``adapter.kind``; ``d_instance``: the CRM hidden size (CFLoRA)."""
+    if cfg.kind == "lora":
+        return LoraAdapter(cfg)
+    if cfg.kind == "cflora":
+        from distrec.model.adapters.cflora import CFLoraAdapter, CFLoraConfig
+
+        c = cfg.cflora
+        return CFLoraAdapter(CFLoraConfig(
+            r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=list(cfg.target_modules), mode=c.mode,
+            d_instance=d_instance, g_init=c.g_init, freeze_ab=c.freeze_ab, lora_init_dir=c.lora_init_dir,
+        ))
+    return NoAdapter()

@@ -62,7 +62,7 @@ CONFIG_NAME = "adapter_config.json"
 
 @dataclass
 class CFLoraConfig:
-    """CFLoRA settings (to be merged into the job config's adapter section)."""
+    """CFLoRA settings; built from the job config's ``adapter`` section by ``make_adapter``."""
 
     r: int = 8
     alpha: int = 16

@@ -33,7 +33,7 @@ from torch import nn
 
 @dataclass
 class DinConfig:
-    """DIN architecture and training (to be merged into the job config by the lead)."""
+    """DIN architecture and training (the job config's ``crm`` section extends it with ``path``)."""
 
     embed_dim: int = 32
     hist_len: int = 30  # most recent history items the CRM sees (ReLLa: 30 ML, 60 BookCrossing)

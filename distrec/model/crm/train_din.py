@@ -117,6 +117,11 @@ def evaluate(model: DIN, data: dict[str, torch.Tensor], batch_size: int = 4096) 
     return ctr_metrics(data["label"].numpy(), probs, data["user_id"].numpy())
 
 
+def evaluate_split(model: DIN, prepared_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """``ctr_metrics`` of ``model`` on one split of a prepared folder (e.g. an LLM job's test subset)."""
+    return evaluate(model, _tensors(storage.open_split(Path(prepared_dir), split), model.config), model.config.eval_batch_size)
+
+
 def _selection_score(metrics: dict[str, float]) -> float:
     auc = metrics["auc"]
     return auc if not math.isnan(auc) else -metrics["logloss"]

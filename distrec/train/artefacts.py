@@ -1,0 +1,120 @@
+"""Driver side: build (or reuse) what a run reads before any worker starts.
+
+prepared samples (``data``) -> retrieval-augmented samples (``subr``, ReLLaX SUBR) ->
+the frozen CRM (``crm``, DIN; read by SPA and CFLoRA). Each is a folder keyed by a hash of
+the settings that determine it, written atomically, and reused when complete, so
+``distrec train`` runs every stage it lacks and none twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from distrec import paths
+from distrec.config import JobConfig
+from distrec.data import storage
+
+# SubrConfig fields that change nothing in the output (speed knobs and the on/off switch).
+_SUBR_NEUTRAL = ("enabled", "method", "max_matrix_items", "batch_size", "encode_batch_size")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def ensure_prepared(job: JobConfig, data=None) -> Path:
+    """The prepared dataset folder for ``data`` (default ``job.data``), preparing it first when needed."""
+    from distrec.data.prepare import default_out, is_prepared, prepare
+
+    data = data or job.data
+    out = Path(data.prepared_dir) if data.prepared_dir else default_out(data)
+    if not is_prepared(out, data):
+        out, _ = prepare(data, out=out)
+    return out
+
+
+def subr_config(job: JobConfig):
+    """``job.subr`` with ``encoder: backbone`` resolved to the job's own LLM (ReLLa's choice)."""
+    if job.subr.encoder != "backbone":
+        return job.subr
+    from distrec.model.backbone import resolve_model_dir
+
+    return dataclasses.replace(job.subr, encoder=f"llm:{resolve_model_dir(job.model)}")
+
+
+def subr_key(job: JobConfig) -> dict:
+    key = {k: v for k, v in dataclasses.asdict(job.subr).items() if k not in _SUBR_NEUTRAL}
+    if job.subr.encoder == "backbone":
+        key["backbone"] = job.model.name_or_path
+    return key
+
+
+def retrieval_dir(job: JobConfig, prepared: Path) -> Path:
+    """``<prepared>-subr-<hash of the SUBR settings>``, beside its source folder."""
+    return prepared.with_name(f"{prepared.name}-subr-{_digest(subr_key(job))}")
+
+
+def _retrieval_is_current(out: Path, job: JobConfig, prepared: Path) -> bool:
+    try:
+        meta = storage.read_manifest(out).get("subr", {})
+    except Exception:  # noqa: BLE001 - missing or half-written: rebuild
+        return False
+    source = storage.read_manifest(prepared)["splits"]
+    same_source = meta.get("source_splits_sha256") == {n: s["sha256"] for n, s in source.items()}
+    return same_source and meta.get("key") == subr_key(job)
+
+
+def ensure_retrieval(job: JobConfig, prepared: Path) -> Path:
+    """The SUBR-augmented copy of ``prepared`` (adds ``history_indices``), built with Ray Data if missing."""
+    from distrec.retrieval.pipeline import build_retrieval
+
+    out = retrieval_dir(job, prepared)
+    if not _retrieval_is_current(out, job, prepared):
+        build_retrieval(prepared, out, subr_config(job), n_actors=job.ray.data_actors, overwrite=out.exists(),
+                        extra_meta={"key": subr_key(job)})
+    return out
+
+
+def full_data(job: JobConfig):
+    """``job.data`` without few-shot subsets: the CRM learns from the whole training split."""
+    return dataclasses.replace(job.data, train_size=None, valid_size=None, test_size=None, prepared_dir=None)
+
+
+def din_config(job: JobConfig):
+    """The DIN architecture/training part of ``job.crm`` (its ``path`` is where, not what)."""
+    from distrec.model.crm.din import DinConfig
+
+    names = {f.name for f in dataclasses.fields(DinConfig)}
+    return DinConfig(**{k: v for k, v in dataclasses.asdict(job.crm).items() if k in names})
+
+
+def crm_dir(job: JobConfig) -> Path:
+    """``crm.path``, or ``$DISTREC_HOME/crm/<dataset>-din-<hash of data + DIN (+ SUBR) settings>``."""
+    if job.crm.path:
+        return Path(job.crm.path).expanduser()
+    from distrec.data.prepare import config_key
+
+    key = {"data": config_key(full_data(job)), "din": dataclasses.asdict(din_config(job))}
+    if job.crm.history == "retrieved":
+        key["subr"] = subr_key(job)
+    return paths.distrec_home() / "crm" / f"{job.data.dataset}-din-{_digest(key)}"
+
+
+def ensure_crm(job: JobConfig) -> Path:
+    """A trained DIN folder for this job: reused when present, else trained on the full split."""
+    from distrec.model.crm.train_din import WEIGHTS, train_din
+
+    out = crm_dir(job)
+    if (out / WEIGHTS).is_file():
+        return out
+    source = ensure_prepared(job, full_data(job))
+    if job.crm.history == "retrieved":
+        source = ensure_retrieval(job, source)
+    metrics = train_din(source, din_config(job), out_dir=out, overwrite=out.exists())
+    test = metrics.get("test") or {}
+    print(f"CRM (DIN) trained on {metrics['train_samples']} samples in {metrics['seconds']:.0f} s: "
+          f"test AUC {test.get('auc', float('nan')):.4f} -> {out}", flush=True)
+    return out
