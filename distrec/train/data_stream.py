@@ -59,7 +59,7 @@ class TokenizeActor:
         )
         keep = {"sample_id", "user_id", "item_id", "label", "input_ids", "labels", "cf_input_ids", "cf_labels",
                 "n_truncated", "history_item_ids", "shown_item_ids"}
-        columns = {k: _column(v) for k, v in out.items() if k in keep}
+        columns = {k: to_column(v) for k, v in out.items() if k in keep}
         columns["split"] = np.asarray([Path(p).parent.name for p in _paths(batch)])
         return columns
 
@@ -68,7 +68,7 @@ def _paths(batch) -> list[str]:
     return batch.column("path").to_pylist() if hasattr(batch, "column") else list(batch["path"])
 
 
-def _column(values: list) -> np.ndarray:
+def to_column(values: list) -> np.ndarray:
     if values and isinstance(values[0], list):
         arr = np.empty(len(values), dtype=object)
         arr[:] = [np.asarray(v, dtype=np.int64) for v in values]
