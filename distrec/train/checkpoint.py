@@ -2,8 +2,10 @@
 
 A checkpoint directory holds ``ds/`` (each rank's DeepSpeed shard: adapter weights, optimizer
 and scheduler state), ``state.json`` (step, epoch, step within the epoch — Ray Data has no
-resumable cursor, so distrec keeps the data position itself) and ``rng_rank<r>.pt`` per rank.
-Every rank reports its directory; Ray Train merges them into one checkpoint in storage.
+resumable cursor, so distrec keeps the data position itself), ``rng_rank<r>.pt`` per rank and,
+once a validation has run, ``best_trainable.safetensors`` (the best state so far, so a resumed
+run still selects among validations made before the interruption). Every rank reports its
+directory; Ray Train merges them into one checkpoint in storage.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 DS_TAG = "ds"
+BEST = "best_trainable.safetensors"
 
 
 @dataclass
@@ -35,28 +38,37 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def save_and_report(strategy, state: TrainState, metrics: dict) -> None:
-    """Write this rank's part of a checkpoint and report it (a collective: all ranks call it)."""
+def save_and_report(strategy, state: TrainState, metrics: dict, best: dict[str, torch.Tensor] | None = None) -> None:
+    """Write this rank's part of a checkpoint and report it (a collective: all ranks call it).
+
+    ``best``: the best validation state so far (whole tensors, identical on every rank)."""
     import ray.train
+    from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="distrec-ckpt-") as tmp:
         strategy.save_checkpoint(tmp, DS_TAG)
         torch.save(_rng_state(), Path(tmp) / f"rng_rank{strategy.rank}.pt")
         if strategy.is_rank0:
             (Path(tmp) / "state.json").write_text(json.dumps(asdict(state)))
+            if best is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(Path(tmp) / BEST))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def restore(strategy, checkpoint) -> TrainState:
-    """Load engine state, data position and RNG from a Ray checkpoint; returns the state."""
+def restore(strategy, checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """Load engine state, data position and RNG from a Ray checkpoint; returns the state and
+    the best validation state saved with it (None before any validation)."""
+    from safetensors.torch import load_file
+
     with checkpoint.as_directory() as directory:
         root = Path(directory)
         strategy.load_checkpoint(str(root), DS_TAG)
         state = TrainState(**json.loads((root / "state.json").read_text()))
+        best = load_file(str(root / BEST)) if (root / BEST).is_file() else None
         rng_file = root / f"rng_rank{strategy.rank}.pt"
         if rng_file.is_file():
             rng = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
-    return state
+    return state, best

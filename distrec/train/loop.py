@@ -59,10 +59,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     monitor = Monitor(run_dir / "tensorboard", enabled=strategy.is_rank0)
     ctx = _Context(job, strategy, engine, task, monitor, run_dir)
 
-    state = TrainState()
+    state, best = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        state = restore(strategy, checkpoint)
+        state, best = restore(strategy, checkpoint)
         monitor.text("events/resume", state.step, f"resumed at step {state.step} (epoch {state.epoch})")
 
     if mode == "eval":
@@ -77,7 +77,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             )
         if strategy.is_rank0 and state.step == 0:
             _log_prompt_samples(ctx, tokenizer, train_rows)
-        best = _train(ctx, state, train_rows, splits.get("valid"), per_epoch, total_steps)
+        best = _train(ctx, state, train_rows, splits.get("valid"), per_epoch, total_steps, best)
         if state.step < total_steps:  # paused by train.stop_at_step
             monitor.close()
             return
@@ -117,12 +117,13 @@ def make_task(job: JobConfig, tokenizer, device: torch.device, conditioning=None
     return GenerativeTask(job.cft, batchify)
 
 
-def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, total_steps: int):
-    """Run optimiser steps until ``total_steps``; returns the best validation adapter state or None."""
+def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, total_steps: int, best_state=None):
+    """Run optimiser steps until ``total_steps``; returns the best validation adapter state or None.
+
+    ``best_state``: the best state restored with the checkpoint (validations before a resume count)."""
     strategy, task, t = ctx.strategy, ctx.task, ctx.job.train
     eval_every = t.eval_every or per_epoch
     ckpt_every = t.checkpoint_every or per_epoch
-    best_state = None
     ctx.engine.train()
     while state.step < total_steps:
         stream = train_micro_batches(
@@ -173,7 +174,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     state.best_metric = score
                     best_state = _snapshot(ctx)
             if state.step % ckpt_every == 0 or last or paused:
-                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch})
+                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state)
             if last or paused:
                 return best_state
         state.epoch += 1
