@@ -143,6 +143,8 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None -> end of each epoch
     prompt_samples_to_log: int = 4
     stop_at_step: Optional[int] = None  # pause after this step's checkpoint; re-run the same run name to go on
+    kill_at_steps: list[int] = field(default_factory=list)  # fault injection: the last rank SIGKILLs itself (train.faults)
+    record_samples: bool = False  # write the sample ids each rank consumes per step (train.faults)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:

@@ -132,3 +132,22 @@ def test_gradient_accumulation_equals_a_larger_micro_batch(storage, baseline):
     # Same rows per step, grouped differently: equal up to float summation order (amplified a
     # little by Adam's normalisation over 12 steps).
     assert_same_adapter(bigger, baseline, atol=1e-5, rtol=1e-4)
+
+
+def test_killed_worker_restarts_from_its_checkpoint_to_the_identical_adapter(storage, baseline):
+    """Issue 8: SIGKILL of the last rank after step 5's update (checkpoints at 3, 6, 9, 12):
+    Ray Train restarts the group from step 3, steps 4-5 run again, and the run ends exactly
+    where the uninterrupted one did, having consumed every training row once per epoch."""
+    from distrec.train.faults import consumed
+    from distrec.train.monitor import read_texts
+
+    killed = run_job(tiny_job(storage, "killed", "ray.max_failures=1", "train.kill_at_steps=[5]",
+                              "train.record_samples=true"))
+    assert (killed.run_dir / "faults" / "killed_at_step_5").is_file()
+    assert any("resumed at step 3" in t for t in read_texts(killed.run_dir / "tensorboard")["events/resume"])
+    assert_same_adapter(killed, baseline, atol=1e-6)
+    by_epoch, raw = consumed(killed.run_dir)
+    assert sorted(by_epoch) == [0, 1, 2]
+    for epoch, ids in by_epoch.items():
+        assert len(ids) == len(set(ids)) == 64, epoch  # 64 rows = 4 steps x 16: every row exactly once
+    assert raw > 2 * 12  # one record per rank and step, plus the steps that ran twice

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from distrec.config import JobConfig, job_config_from_dict
+from distrec.train import faults
 from distrec.train.checkpoint import TrainState, restore, save_and_report
 from distrec.train.data_stream import eval_batches, load_rows, train_micro_batches
 from distrec.train.strategy import steps_per_epoch
@@ -147,6 +148,10 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
             state.step_in_epoch += 1
+            faults.maybe_kill(ctx.run_dir, t.kill_at_steps, state.step, strategy.rank, strategy.world_size)
+            if t.record_samples:
+                ids = [int(i) for mb in micro_batches for i in mb["sample_id"]]
+                faults.record(ctx.run_dir, strategy.rank, state.epoch, state.step_in_epoch, ids)
             elapsed = time.perf_counter() - started
             if state.step % t.log_every == 0 or state.step == total_steps:
                 global_stats = {k: strategy.all_reduce_sum(v) for k, v in sorted(stats.items())}
