@@ -54,6 +54,35 @@ def init_ray(cfg: RayConfig) -> None:
     )
 
 
+def check_one_step(manifest: dict, job: JobConfig, prepared: Path) -> None:
+    """Refuse a train split smaller than one optimiser step (ranks x micro-batch x accumulation)."""
+    rows = manifest["splits"].get("train", {}).get("rows", 0)
+    t = job.train
+    need = job.ray.num_workers * t.micro_batch_size * t.grad_accum
+    if rows < need:
+        from distrec.errors import DataError
+
+        raise DataError(f"{prepared}: the train split has {rows} rows, fewer than one optimiser step of {need} "
+                        f"(ray.num_workers={job.ray.num_workers} x train.micro_batch_size={t.micro_batch_size} x "
+                        f"train.grad_accum={t.grad_accum})")
+
+
+def check_gpus(cfg: RayConfig) -> None:
+    """``ray.use_gpu`` on a local cluster without enough GPUs is a config error, not a hang.
+
+    A remote cluster may autoscale GPU nodes in, so there Ray Train waits for them instead."""
+    import ray
+
+    if not cfg.use_gpu or cfg.address or os.environ.get("RAY_ADDRESS"):
+        return
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if have < cfg.num_workers:
+        from distrec.errors import ConfigError
+
+        raise ConfigError(f"ray.use_gpu=true needs {cfg.num_workers} GPUs (ray.num_workers) but this machine's Ray "
+                          f"cluster has {have}; set ray.use_gpu=false or run on a GPU cluster")
+
+
 def run_name(job: JobConfig) -> str:
     return job.ray.run_name or f"{job.data.dataset}-{job.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -73,6 +102,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     )
     from ray.train.torch import TorchTrainer
 
+    from distrec.data import storage as data_storage
     from distrec.eval.report import format_summary, write_report
     from distrec.train.artefacts import ensure_crm, ensure_prepared, ensure_retrieval
     from distrec.model.backbone import tokenizer_dir
@@ -80,8 +110,12 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     from distrec.train.loop import train_worker
 
     prepared = ensure_prepared(job)
+    manifest = data_storage.verify(prepared)  # a truncated or edited shard fails here, named, not inside a Ray task
+    if mode == "train":
+        check_one_step(manifest, job, prepared)
     tokenizer_dir(job.model)  # fetch/convert model files once, here, not in every worker
     init_ray(job.ray)
+    check_gpus(job.ray)
     if job.subr.enabled:
         prepared = ensure_retrieval(job, prepared)
     crm = str(ensure_crm(job)) if job.needs_crm else None
