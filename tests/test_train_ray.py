@@ -151,3 +151,37 @@ def test_killed_worker_restarts_from_its_checkpoint_to_the_identical_adapter(sto
     for epoch, ids in by_epoch.items():
         assert len(ids) == len(set(ids)) == 64, epoch  # 64 rows = 4 steps x 16: every row exactly once
     assert raw > 2 * 12  # one record per rank and step, plus the steps that ran twice
+
+
+def test_killed_driver_then_same_run_name_resumes_from_its_checkpoint(storage, baseline, ray_local, tmp_path):
+    """Issue 8: SIGKILL the `distrec train` driver once its first checkpoint is in storage;
+    re-running with the same run name resumes (it does not start over) and ends where the
+    uninterrupted run did. The baseline, a new name, shows no resume: never by accident."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distrec.train.monitor import read_texts
+
+    args = [f"ray.storage_path={storage}", "ray.run_name=driverkill", *BASE]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    log = (tmp_path / "driver.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "distrec", "train", "--config", str(TINY), *args], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    snapshot = storage / "driverkill" / "checkpoint_manager_snapshot.json"  # Ray Train's record of saved checkpoints
+    while not (snapshot.is_file() and "checkpoint_" in snapshot.read_text()):
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (storage / "driverkill" / "distrec" / "metrics_train.json").exists()  # it really died mid-run
+
+    resumed = run_job(tiny_job(storage, "driverkill"))
+    events = read_texts(resumed.run_dir / "tensorboard").get("events/resume", [])
+    assert any(t.startswith("resumed at step") and "step 0 " not in t for t in events), events
+    assert_same_adapter(resumed, baseline, atol=1e-6)
+    assert "events/resume" not in read_texts(baseline.run_dir / "tensorboard")
