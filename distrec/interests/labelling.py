@@ -220,7 +220,9 @@ def load_causal_lm(spec: str, dtype: str = "fp32", device: str = "cpu"):
 
         mcfg = ModelConfig(name_or_path=spec, dtype=dtype)
         tok = load_tokenizer(mcfg)
-        model = build_model(mcfg, vocab_size=len(tok))
+        model = build_model(mcfg)
+        model.config.use_cache = True  # build_model turns the KV cache off for training; generation wants it
+        model.generation_config.use_cache = True
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "left"
