@@ -27,15 +27,18 @@ def main(argv: list[str] | None = None) -> str:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="jobs/ml100k_cft.yaml")
+    parser.add_argument("--rows", default=None, help="comma list of row numbers to run (1-based; default all)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    picked = [int(i) for i in args.rows.split(",")] if args.rows else range(1, len(ROWS) + 1)
+    rows = {name: extra for i, (name, extra) in enumerate(ROWS.items(), start=1) if i in picked}
 
     def cells(_row, result) -> list[str]:
         m = result.metrics["test"]
         return [f"{m[k]:.4f}" for k in KEYS] + [f"{result.elapsed_s:.0f}"]
 
     header = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "test L_n", "run time (s)"]
-    table, storage = run_rows(args.config, args.overrides, ROWS, header, cells, "cft-vs-sft")
+    table, storage = run_rows(args.config, args.overrides, rows, header, cells, "cft-vs-sft")
     (storage / "cft_vs_sft.md").write_text(f"config: {args.config} {' '.join(args.overrides)}\n\n{table}\n")
     return table
 
