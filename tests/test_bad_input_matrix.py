@@ -47,7 +47,7 @@ def test_selected_weights_from_a_different_adapter_shape(tmp_path):
     from peft import LoraConfig, get_peft_model
     from tiny_models import tiny_llama
 
-    from distrec.train.loop import load_selected, save_selected
+    from distrec.train.checkpoint import load_selected, save_selected
 
     def lora(r):
         return get_peft_model(tiny_llama(), LoraConfig(r=r, lora_alpha=8, target_modules=["q_proj"]))

@@ -6,6 +6,9 @@ resumable cursor, so distrec keeps the data position itself), ``rng_rank<r>.pt``
 once a validation has run, ``best_trainable.safetensors`` (the best state so far, so a resumed
 run still selects among validations made before the interruption). Every rank reports its
 directory; Ray Train merges them into one checkpoint in storage.
+
+At the end of training the selected state (best validation, else final) is also written to
+the run folder as ``selected_trainable.safetensors``, which ``distrec eval --run`` reloads.
 """
 
 from __future__ import annotations
@@ -72,3 +75,39 @@ def restore(strategy, checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] |
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
     return state, best
+
+
+SELECTED = "selected_trainable.safetensors"
+
+
+def save_selected(state: dict[str, torch.Tensor], run_dir: Path, is_rank0: bool) -> None:
+    """The selected trainable tensors (adapter, projector), keyed by parameter name, for ``distrec eval``."""
+    if not is_rank0:
+        return
+    from safetensors.torch import save_file
+
+    tmp = run_dir / f".{SELECTED}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(run_dir / SELECTED)
+
+
+def load_selected(model, run_dir: Path) -> dict[str, torch.Tensor]:
+    """:func:`save_selected`'s tensors, checked against ``model``'s trainable parameters."""
+    from safetensors.torch import load_file
+
+    from distrec.errors import ModelError
+
+    path = run_dir / SELECTED
+    if not path.is_file():
+        raise ModelError(f"no selected weights at {path}: was the run trained to the end?")
+    saved = load_file(str(path))
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            if name not in saved:
+                raise ModelError(f"{path}: has no tensor '{name}' (a different model or adapter configuration)")
+            shape = tuple(getattr(p, "ds_shape", p.shape))
+            if tuple(saved[name].shape) != shape:
+                raise ModelError(f"{path}: '{name}' has shape {tuple(saved[name].shape)}, the model's is {shape}")
+            out[name] = saved[name]
+    return out

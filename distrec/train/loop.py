@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from distrec.config import JobConfig, job_config_from_dict
 from distrec.train import faults
-from distrec.train.checkpoint import TrainState, restore, save_and_report
+from distrec.train.checkpoint import TrainState, load_selected, restore, save_and_report, save_selected
 from distrec.train.data_stream import eval_batches, load_rows, train_micro_batches
 from distrec.train.strategy import steps_per_epoch
 
@@ -256,42 +256,6 @@ def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
     with strategy.gathered(params.values(), modifier_rank=0):
         for name, p in params.items():
             p.data.copy_(tensors[name])
-
-
-SELECTED = "selected_trainable.safetensors"
-
-
-def save_selected(state: dict[str, torch.Tensor], run_dir: Path, is_rank0: bool) -> None:
-    """The selected trainable tensors (adapter, projector), keyed by parameter name, for ``distrec eval``."""
-    if not is_rank0:
-        return
-    from safetensors.torch import save_file
-
-    tmp = run_dir / f".{SELECTED}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(run_dir / SELECTED)
-
-
-def load_selected(model, run_dir: Path) -> dict[str, torch.Tensor]:
-    """:func:`save_selected`'s tensors, checked against ``model``'s trainable parameters."""
-    from safetensors.torch import load_file
-
-    from distrec.errors import ModelError
-
-    path = run_dir / SELECTED
-    if not path.is_file():
-        raise ModelError(f"no selected weights at {path}: was the run trained to the end?")
-    saved = load_file(str(path))
-    out = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            if name not in saved:
-                raise ModelError(f"{path}: has no tensor '{name}' (a different model or adapter configuration)")
-            shape = tuple(getattr(p, "ds_shape", p.shape))
-            if tuple(saved[name].shape) != shape:
-                raise ModelError(f"{path}: '{name}' has shape {tuple(saved[name].shape)}, the model's is {shape}")
-            out[name] = saved[name]
-    return out
 
 
 def _write_partition_report(strategy, module, folder: Path) -> None:
