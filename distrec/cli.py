@@ -1,4 +1,4 @@
-"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``."""
+"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``eimf``."""
 
 from __future__ import annotations
 
@@ -151,6 +151,15 @@ def evaluate(
         run_job(job, mode="eval", run_dir=run)
     except DistrecError as exc:
         _fail(exc)
+
+
+def _eimf_app() -> typer.Typer:
+    from distrec.interests.cli import eimf_app
+
+    return eimf_app
+
+
+app.add_typer(_eimf_app(), name="eimf", help="EIMF: multi-interest recommender taught by LLM-derived interests.")
 
 
 def main() -> None:  # pragma: no cover

@@ -360,10 +360,9 @@ def test_referenced_job_config_exists_and_loads(ref: str) -> None:
 @pytest.mark.parametrize("path", _job_config_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_job_config_loads(path: Path) -> None:
     if path.name.startswith("eimf_"):  # EIMF's own pipeline config (distrec eimf ...)
-        from distrec import config_loader
-        from distrec.interests.config import EimfConfig
+        from distrec.interests.pipeline import EimfJobConfig, load_eimf_job
 
-        assert isinstance(config_loader.load(EimfConfig, path), EimfConfig)
+        assert isinstance(load_eimf_job(path), EimfJobConfig)
         return
     assert isinstance(load_job_config(path), JobConfig)
 
