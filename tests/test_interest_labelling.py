@@ -240,3 +240,16 @@ def test_stage_with_injected_llm(ray_local, samples, items, selection, tmp_path)
 
     bank = SemanticBank(table)
     assert bank.vectors.shape == (len(rows), 2, 8) and bank.typical(np.array(comedy)).sum() == 0
+
+
+@pytest.mark.parametrize("line, phrase", [
+    ("Interest: Sling Blade (genres: Drama, War) | Reason: x", "Sling Blade (genres: Drama, War)"),  # balanced: kept
+    ("Interest: (Sci-fi adventures) | Reason: x", "Sci-fi adventures"),
+    ("Interest: [Comedy | Reason: x", "Comedy"),
+    ("Interest: Film noir). | Reason: x", "Film noir"),
+    ('Interest: "((Noir))" | Reason: x', "Noir"),
+])
+def test_parser_strips_only_enclosing_or_unmatched_brackets(line, phrase):
+    from distrec.interests.labelling import parse_interests
+
+    assert parse_interests(line, 4) == [phrase]

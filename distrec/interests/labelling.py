@@ -105,12 +105,29 @@ _REASON = re.compile(r"\s*(?:\|\s*(?:reason\s*[:\-–—])?|\breason\s*[:\-–�
 _PLACEHOLDER = re.compile(r"^<.*>$|^short phrase$", re.IGNORECASE)
 
 
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _strip_brackets(phrase: str) -> str:
+    """Drop enclosing bracket pairs and unmatched outer brackets; keep balanced inner ones
+    (``"Sling Blade (Drama)"`` stays whole, ``"(Sci-fi)"`` and ``"Drama)"`` lose theirs)."""
+    if phrase and phrase[0] in _CLOSERS and phrase.endswith(_CLOSERS[phrase[0]]):
+        return phrase[1:-1]
+    if phrase and phrase[-1] in _CLOSERS.values():
+        opener = next(o for o, c in _CLOSERS.items() if c == phrase[-1])
+        if phrase.count(phrase[-1]) > phrase.count(opener):
+            return phrase[:-1]
+    if phrase and phrase[0] in _CLOSERS and phrase.count(phrase[0]) > phrase.count(_CLOSERS[phrase[0]]):
+        return phrase[1:]
+    return phrase
+
+
 def _clean_phrase(phrase: str) -> str | None:
     phrase = re.sub(r"\s+", " ", phrase).strip()
     prev = None
     while prev != phrase:  # quotes, brackets and trailing punctuation, in any nesting
         prev = phrase
-        phrase = phrase.strip(" \t\"'“”‘’[](){}").rstrip(".,;:!-–—").strip()
+        phrase = _strip_brackets(phrase.strip(" \t\"'“”‘’").rstrip(".,;:!-–—").strip()).strip()
     if not phrase or len(phrase) > MAX_PHRASE_CHARS or _PLACEHOLDER.match(phrase):
         return None
     if not re.search(r"[^\W\d_]", phrase):  # no letter at all
