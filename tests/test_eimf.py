@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from eimf_toy import toy_items, toy_samples
 import torch
 
 from distrec.interests.backbones import (
@@ -64,27 +65,12 @@ N_ITEMS, N_USERS, D_SEM = 48, 40, 8
 
 @pytest.fixture(scope="module")
 def items() -> pa.Table:
-    genres = ["Action", "Drama", "Comedy", "Horror"]
-    return pa.table(
-        {
-            "item_id": pa.array(np.arange(100, 100 + N_ITEMS), pa.int64()),
-            "title": [f"Movie {i}" for i in range(N_ITEMS)],
-            "categories": [[genres[i % 4]] for i in range(N_ITEMS)],
-        }
-    )
+    return toy_items(N_ITEMS)
 
 
 @pytest.fixture(scope="module")
 def samples() -> pa.Table:
-    """Each user draws from one genre (items i ≡ u mod 4), 10 interactions -> 9 samples."""
-    rng = np.random.default_rng(0)
-    rows, sid = [], 0
-    for u in range(N_USERS):
-        seq = [100 + int(x) for x in rng.choice(np.arange(u % 4, N_ITEMS, 4), 10)]
-        for j in range(1, len(seq)):
-            rows.append({"sample_id": sid, "user_id": u, "item_id": seq[j], "timestamp": 1000 + j, "history_item_ids": seq[max(0, j - 10) : j]})
-            sid += 1
-    return pa.Table.from_pylist(rows)
+    return toy_samples(N_USERS, N_ITEMS)
 
 
 def labels_for(user_ids, m: int = 3, seed: int = 1) -> pa.Table:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from eimf_toy import toy_items, toy_samples
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -42,28 +43,12 @@ G = 32  # global batch; 32 users x 9 samples = 288 = 9 global batches, no tail
 
 @pytest.fixture(scope="module")
 def items() -> pa.Table:
-    genres = ["Action", "Drama", "Comedy", "Horror"]
-    return pa.table(
-        {
-            "item_id": pa.array(np.arange(100, 100 + N_ITEMS), pa.int64()),
-            "title": [f"Movie {i}" for i in range(N_ITEMS)],
-            "categories": [[genres[i % 4]] for i in range(N_ITEMS)],
-        }
-    )
+    return toy_items(N_ITEMS)
 
 
 @pytest.fixture(scope="module")
 def samples() -> pa.Table:
-    """Each user draws from one genre (items i = u mod 4), 10 interactions -> 9 samples."""
-    rng = np.random.default_rng(0)
-    rows, sid = [], 0
-    for u in range(N_USERS):
-        seq = [100 + int(x) for x in rng.choice(np.arange(u % 4, N_ITEMS, 4), 10)]
-        for j in range(1, len(seq)):
-            rows.append({"sample_id": sid, "user_id": u, "item_id": seq[j], "timestamp": 1000 + j,
-                         "history_item_ids": seq[:j]})
-            sid += 1
-    return pa.Table.from_pylist(rows)
+    return toy_samples(N_USERS, N_ITEMS)
 
 
 @pytest.fixture(scope="module")
