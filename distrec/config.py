@@ -245,9 +245,14 @@ class JobConfig:
             raise ValueError("crm.history=retrieved reads SUBR's history_indices: set subr.enabled=true")
 
     @property
+    def cflora_generated(self) -> bool:
+        """CFLoRA with G generated per instance from the CRM representation."""
+        return self.adapter.kind == "cflora" and self.adapter.cflora.mode == "generated"
+
+    @property
     def needs_crm(self) -> bool:
         """SPA and generated-mode CFLoRA read the frozen CRM."""
-        return self.spa.enabled or (self.adapter.kind == "cflora" and self.adapter.cflora.mode == "generated")
+        return self.spa.enabled or self.cflora_generated
 
 
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

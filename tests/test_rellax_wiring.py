@@ -154,7 +154,7 @@ def test_instance_context_reaches_cflora_in_forward_and_recomputed_backward(din_
     adapter.attach(model)
     for layer in cflora_layers(model).values():  # non-zero B so that G's gradient is non-zero
         torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
-    cond = BatchConditioning(CrmFeatures(din_folder), spa=False, adapter=adapter)
+    cond = BatchConditioning(CrmFeatures(din_folder), spa=False, instance=adapter.instance)
     batch = batch_of([[5, 6], [7]], [[], []], [11, 12])
     ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(3))
     assert cond.kwargs(batch) == {}

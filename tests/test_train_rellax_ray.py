@@ -95,7 +95,7 @@ def test_exported_rellax_reproduces_the_runs_predictions_without_deepspeed(rella
                           markers=(HIST_TOKEN, TARGET_TOKEN))
     batch = {k: to_column(v) for k, v in cols.items()}
     task = CtrTask(*ctr_label_ids(tokenizer, job.prompt), Batchify(tokenizer.pad_token_id, torch.device("cpu")),
-                   BatchConditioning(crm, True, adapter))
+                   BatchConditioning(crm, True, adapter.instance))
     rows = task.eval_rows(model, batch, len(batch["sample_id"]))
     mine = dict((r[0], r[3]) for r in rows)
     preds = pq.read_table(run / "predictions_test.parquet").to_pandas()

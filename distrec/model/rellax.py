@@ -20,9 +20,9 @@ from distrec.model.crm.features import CrmFeatures
 class BatchConditioning:
     """Per-batch inputs the frozen CRM adds: ``kwargs(batch)`` for the forward, ``context(batch)``."""
 
-    def __init__(self, crm: CrmFeatures, spa: bool, adapter) -> None:
-        self.crm, self.spa = crm, spa
-        self.instance = getattr(adapter, "instance", None) if _generated(adapter) else None
+    def __init__(self, crm: CrmFeatures, spa: bool, instance=None) -> None:
+        """``instance``: the CFLoRA adapter's ``instance`` context (generated mode), else None."""
+        self.crm, self.spa, self.instance = crm, spa, instance
 
     def kwargs(self, batch: dict) -> dict:
         return {"spa": self.crm.soft_prompt_inputs(batch)} if self.spa else {}
@@ -31,10 +31,6 @@ class BatchConditioning:
         if self.instance is None:
             return contextlib.nullcontext()
         return self.instance(self.crm.instance(batch))
-
-
-def _generated(adapter) -> bool:
-    return getattr(getattr(adapter, "cfg", None), "mode", None) == "generated"
 
 
 def add_spa_tokens(job: JobConfig, tokenizer, model: torch.nn.Module | None = None) -> None:
@@ -56,7 +52,7 @@ def assemble(job: JobConfig, llm: torch.nn.Module, tokenizer, adapter, crm_dir: 
 
         raise ModelError("this job needs a trained CRM (spa.enabled or CFLoRA mode 'generated') but none was given")
     crm = CrmFeatures(crm_dir, device)
-    if job.adapter.kind == "cflora" and _generated(adapter) and adapter.cfg.d_instance != crm.hidden_size:
+    if job.cflora_generated and adapter.cfg.d_instance != crm.hidden_size:
         from distrec.errors import ModelError
 
         raise ModelError(f"CFLoRA d_instance={adapter.cfg.d_instance} but the CRM in {crm_dir} has hidden_size "
@@ -67,4 +63,4 @@ def assemble(job: JobConfig, llm: torch.nn.Module, tokenizer, adapter, crm_dir: 
 
         d_llm = llm.get_input_embeddings().embedding_dim
         module = SoftPromptLM(llm, Projector(crm.embed_dim, d_llm), placeholder_token_ids(tokenizer))
-    return module, BatchConditioning(crm, job.spa.enabled, adapter)
+    return module, BatchConditioning(crm, job.spa.enabled, adapter.instance if job.cflora_generated else None)
