@@ -144,6 +144,7 @@ class TrainConfig:
     prompt_samples_to_log: int = 4
     stop_at_step: Optional[int] = None  # pause after this step's checkpoint; re-run the same run name to go on
     kill_at_steps: list[int] = field(default_factory=list)  # fault injection: the last rank SIGKILLs itself (train.faults)
+    kill_in_checkpoint_at_steps: list[int] = field(default_factory=list)  # ... half-way through copying that step's checkpoint
     record_samples: bool = False  # write the sample ids each rank consumes per step (train.faults)
 
     def __post_init__(self) -> None:

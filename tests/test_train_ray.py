@@ -153,6 +153,35 @@ def test_killed_worker_restarts_from_its_checkpoint_to_the_identical_adapter(sto
     assert raw > 2 * 12  # one record per rank and step, plus the steps that ran twice
 
 
+def test_kill_during_a_checkpoint_copy_leaves_the_previous_one_to_resume_from(storage, baseline):
+    """Issue 8: the last rank dies half-way through copying step 6's checkpoint into storage.
+    The half-written folder is never registered; with ``num_to_keep=1`` step 3's checkpoint is
+    still there, the restart resumes from it, and the run ends with the uninterrupted adapter.
+    At the end the one kept checkpoint is the last step's, complete (both ranks' files)."""
+    from distrec.train.faults import SNAPSHOT
+    from distrec.train.monitor import read_texts
+
+    run = run_job(tiny_job(storage, "ckptkill", "ray.max_failures=1", "ray.num_to_keep=1",
+                           "train.kill_in_checkpoint_at_steps=[6]"))
+    partial_name, copied, _, total = (run.run_dir / "faults" / "killed_in_checkpoint_6").read_text().split()[:4]
+    snapshot = json.loads((storage / "ckptkill" / SNAPSHOT).read_text())
+    registered = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+    partial = storage / "ckptkill" / partial_name
+    assert partial_name not in registered
+    assert 0 < int(copied) < int(total)
+    assert partial.is_dir() and not (partial / "rng_rank1.pt").exists()  # on disk, rank 1's part unfinished
+    assert any("resumed at step 3" in t for t in read_texts(run.run_dir / "tensorboard")["events/resume"])
+    assert_same_adapter(run, baseline, atol=1e-6)
+
+    assert len(registered) == 1 and snapshot["latest_checkpoint_result"]["metrics"]["step"] == 12
+    kept = storage / "ckptkill" / registered[0]
+    assert json.loads((kept / "state.json").read_text())["step"] == 12
+    assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in kept.iterdir()}
+    shards = {p.name for p in (kept / "ds").rglob("*") if p.is_file()}
+    assert any("rank_0" in n or "rank0" in n for n in shards) and any("rank_1" in n or "rank1" in n for n in shards), shards
+    assert sum(1 for _ in partial.rglob("*") if _.is_file()) < sum(1 for _ in kept.rglob("*") if _.is_file())
+
+
 def test_killed_driver_then_same_run_name_resumes_from_its_checkpoint(storage, baseline, ray_local, tmp_path):
     """Issue 8: SIGKILL the `distrec train` driver once its first checkpoint is in storage;
     re-running with the same run name resumes (it does not start over) and ends where the

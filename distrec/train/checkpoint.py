@@ -41,10 +41,12 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def save_and_report(strategy, state: TrainState, metrics: dict, best: dict[str, torch.Tensor] | None = None) -> None:
+def save_and_report(strategy, state: TrainState, metrics: dict, best: dict[str, torch.Tensor] | None = None,
+                    upload=None) -> None:
     """Write this rank's part of a checkpoint and report it (a collective: all ranks call it).
 
-    ``best``: the best validation state so far (whole tensors, identical on every rank)."""
+    ``best``: the best validation state so far (whole tensors, identical on every rank).
+    ``upload``: a ``checkpoint_upload_fn`` replacing Ray's copy into storage (fault injection only)."""
     import ray.train
     from safetensors.torch import save_file
 
@@ -55,7 +57,7 @@ def save_and_report(strategy, state: TrainState, metrics: dict, best: dict[str, 
             (Path(tmp) / "state.json").write_text(json.dumps(asdict(state)))
             if best is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(Path(tmp) / BEST))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_upload_fn=upload)
 
 
 def restore(strategy, checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] | None]:

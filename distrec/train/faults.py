@@ -6,6 +6,17 @@ update of each listed step, before that step is logged or checkpointed, once per
 killing itself again). Ray Train then restarts the worker group from the latest checkpoint
 (``ray.max_failures`` must allow it) and the steps after that checkpoint run again.
 
+Ray Train's controller registers a reported checkpoint when it next polls the workers; a
+worker that dies before that poll takes the report with it and the group restarts from the
+checkpoint before. The injected kill therefore first waits until the controller's snapshot
+(``checkpoint_manager_snapshot.json`` beside the run folder) lists this attempt's latest
+checkpoint, so the scenario it stages is always "killed after checkpoint N was committed".
+
+``train.kill_in_checkpoint_at_steps``: the last rank SIGKILLs itself half-way through copying
+its part of that step's checkpoint into storage (after Ray Train has named the checkpoint
+folder, so the folder really is left half-written). Ray Train never registers it, and the
+restart resumes from the checkpoint before.
+
 ``train.record_samples``: every rank appends ``{"epoch", "step", "ids"}`` per optimiser step to
 ``samples/rank<r>.jsonl``. A step that ran twice (before a kill and after the restart) appears
 twice; :func:`consumed` keeps its last record, the one whose update survived.
@@ -16,20 +27,84 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""Ray Train V2's record of registered checkpoints, in the run's storage folder (run_dir's parent)."""
 
-def maybe_kill(run_dir: Path, steps: Iterable[int], step: int, rank: int, world: int) -> None:
-    """SIGKILL this process if ``step`` is listed, this is the last rank, and it was not done before."""
+
+def committed_step(storage_dir: Path) -> int | None:
+    """The ``step`` metric of the latest checkpoint Ray Train has registered for this run, or None."""
+    try:
+        latest = json.loads((storage_dir / SNAPSHOT).read_text()).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being rewritten
+        return None
+    return None if not latest else latest.get("metrics", {}).get("step")
+
+
+def wait_until_committed(storage_dir: Path, step: int, wait_s: float, poll_s: float = 0.2) -> bool:
+    """Block until Ray Train has registered a checkpoint of ``step`` or later; False on timeout."""
+    deadline = time.monotonic() + wait_s
+    while (committed_step(storage_dir) or 0) < step:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def maybe_kill(run_dir: Path, steps: Iterable[int], step: int, rank: int, world: int,
+               saved_step: int | None = None, wait_s: float = 300.0) -> None:
+    """SIGKILL this process if ``step`` is listed, this is the last rank, and it was not done before.
+
+    ``saved_step``: the step of this attempt's latest checkpoint; the kill waits (at most
+    ``wait_s``) until Ray Train has registered it.
+    """
     if step not in set(steps) or rank != world - 1:
         return
     marker = run_dir / "faults" / f"killed_at_step_{step}"
     if marker.exists():
         return
+    if saved_step is not None:
+        wait_until_committed(run_dir.parent, saved_step, wait_s)
+    _kill(marker, f"pid {os.getpid()} rank {rank}\n")
+
+
+def _kill(marker: Path, note: str) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"pid {os.getpid()} rank {rank}\n")
+    marker.write_text(note)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def partial_upload(run_dir: Path, step: int, rank: int, world: int, steps: Iterable[int],
+                   saved_step: int | None, wait_s: float = 300.0):
+    """A ``checkpoint_upload_fn`` for ``ray.train.report`` that dies half-way, or None to upload normally.
+
+    The returned function copies this rank's checkpoint files (sorted by name) into the named
+    storage folder one by one and SIGKILLs the process after half of them; the marker file
+    records which folder was left partial.
+    """
+    marker = run_dir / "faults" / f"killed_in_checkpoint_{step}"
+    if step not in set(steps) or rank != world - 1 or marker.exists():
+        return None
+
+    def upload(checkpoint, dir_name: str):
+        import ray.train
+
+        if saved_step is not None:
+            wait_until_committed(run_dir.parent, saved_step, wait_s)
+        target = Path(ray.train.get_context().get_storage().experiment_fs_path) / dir_name
+        files = sorted(p for p in Path(checkpoint.path).rglob("*") if p.is_file())
+        for i, file in enumerate(files):
+            if i == len(files) // 2:
+                _kill(marker, f"{dir_name} {i} of {len(files)} files copied by rank {rank}\n")
+            dest = target / file.relative_to(checkpoint.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(file.read_bytes())
+        raise AssertionError("unreachable: the upload is killed half-way")
+
+    return upload
 
 
 def record(run_dir: Path, rank: int, epoch: int, step: int, ids: Iterable[int]) -> None:

@@ -126,6 +126,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
     eval_every = t.eval_every or per_epoch
     ckpt_every = t.checkpoint_every or per_epoch
     ctx.engine.train()
+    saved_step = state.step if state.step > 0 else None
     while state.step < total_steps:
         stream = train_micro_batches(
             rows, strategy.rank, strategy.world_size, t.micro_batch_size, t.grad_accum,
@@ -148,7 +149,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
             state.step_in_epoch += 1
-            faults.maybe_kill(ctx.run_dir, t.kill_at_steps, state.step, strategy.rank, strategy.world_size)
+            faults.maybe_kill(ctx.run_dir, t.kill_at_steps, state.step, strategy.rank, strategy.world_size, saved_step)
             if t.record_samples:
                 ids = [int(i) for mb in micro_batches for i in mb["sample_id"]]
                 faults.record(ctx.run_dir, strategy.rank, state.epoch, state.step_in_epoch, ids)
@@ -179,7 +180,10 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     state.best_metric = score
                     best_state = _snapshot(ctx)
             if state.step % ckpt_every == 0 or last or paused:
-                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state)
+                upload = faults.partial_upload(ctx.run_dir, state.step, strategy.rank, strategy.world_size,
+                                               t.kill_in_checkpoint_at_steps, saved_step)
+                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state, upload)
+                saved_step = state.step
             if last or paused:
                 return best_state
         state.epoch += 1
