@@ -22,6 +22,7 @@ from distrec.config import JobConfig, job_config_from_dict
 from distrec.train import faults
 from distrec.train.checkpoint import TrainState, load_selected, restore, save_and_report, save_selected
 from distrec.train.data_stream import eval_batches, load_rows, train_micro_batches
+from distrec.train.step_timer import StepTimer
 from distrec.train.strategy import steps_per_epoch
 
 
@@ -132,17 +133,21 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             rows, strategy.rank, strategy.world_size, t.micro_batch_size, t.grad_accum,
             t.seed, state.epoch, state.step_in_epoch,
         )
+        timer = StepTimer(strategy.device)
         for micro_batches in stream:
+            timer.reset()
+            timer.data_ready()
             started = time.perf_counter()
             # Global loss normalisers of this step (all micro-batches, all ranks) before any forward.
             norms = {k: strategy.all_reduce_sum(v) for k, v in task.normalisers(micro_batches).items()}
             stats: dict[str, float] = {}
             tokens = 0
             for mb in micro_batches:
-                with task.context(mb):
+                with timer.phase("compute"), task.context(mb):
                     loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
                     strategy.backward(loss * strategy.accumulation_scale)
-                strategy.step()
+                with timer.phase("optimizer"):
+                    strategy.step()
                 for k, v in mb_stats.items():
                     stats[k] = stats.get(k, 0.0) + v
                 tokens += int(sum(len(s) for s in mb["input_ids"]))
@@ -166,6 +171,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     "throughput/tokens_per_s": global_tokens / elapsed,
                     "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
+                    **timer.scalars(),
                     **{f"memory/{k}": v for k, v in _peak_memory().items()},
                 })
             last = state.step >= total_steps
@@ -186,6 +192,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                 saved_step = state.step
             if last or paused:
                 return best_state
+            timer.step_done()
         state.epoch += 1
         state.step_in_epoch = 0
     return best_state

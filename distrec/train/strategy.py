@@ -19,7 +19,7 @@ import torch.distributed as dist
 from distrec.config import DeepSpeedConfig, TrainConfig
 
 
-def _disable_cpu_shm_allreduce_build() -> None:
+def disable_cpu_shm_allreduce_build() -> None:
     """Skip DeepSpeed's JIT build of a CPU shared-memory allreduce op (45–120 s, 3–5 GB).
 
     The op is only an optimisation for intra-node CPU allreduce; gloo does the same work.
@@ -87,7 +87,7 @@ class DeepSpeedStrategy:
     def __init__(self, ds: DeepSpeedConfig, train: TrainConfig, use_gpu: bool) -> None:
         import deepspeed
 
-        _disable_cpu_shm_allreduce_build()
+        disable_cpu_shm_allreduce_build()
         self.ds_cfg = ds
         self.train_cfg = train
         self.use_gpu = use_gpu

@@ -1,0 +1,184 @@
+"""Training throughput of distrec's methods against HF Trainer + PEFT LoRA, measured in one run.
+
+    .venv/bin/python jobs/bench/train_throughput.py [--rows lora,cflora,rellax,sft,cft] [--steps 6]
+        [--warmup 2] [--results jobs/bench/RESULTS.md | --no-append] [key=value ...]
+
+Rows (every ``key=value`` override applies to all of them):
+
+- ``lora``, ``cflora`` (static G), ``rellax`` (SPA + generated CFLoRA from the DIN) on the CTR
+  config, each against ``HF Trainer + PEFT LoRA`` run on the same prepared samples;
+- ``sft`` and ``cft`` (both branches) on the generative config, against HF Trainer on the same
+  generative samples; the CFT row also gives its step time over distrec SFT's.
+
+distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
+optimiser steps and read back the per-step TensorBoard scalars; HF rows run
+``hf_trainer_baseline.py`` under torchrun with the same world size, micro batch, gradient
+accumulation, ZeRO stage and precision. The first ``warmup`` steps are dropped. Figures:
+non-padding tokens/s (all ranks, and per rank), samples/s, median step time and its split
+(distrec only: data wait / forward+backward / optimiser), peak host RSS of rank 0 (and peak
+device memory on GPUs). Appends a block to RESULTS.md unless ``--no-append``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).with_name("RESULTS.md")
+CTR_CONFIG = "jobs/ml100k_lora.yaml"
+GEN_CONFIG = "jobs/ml100k_cft.yaml"
+# Small evaluation splits and no generation: the benchmark times training steps only.
+COMMON = ["data.valid_size=16", "data.test_size=16", "eval.generate=false", "train.log_every=1",
+          "train.checkpoint_every=1000", "train.eval_every=1000"]
+ROWS = {  # name: (config, overrides, baseline group)
+    "lora": (CTR_CONFIG, [], "ctr"),
+    "cflora": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=static"], "ctr"),
+    "rellax": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=generated", "spa.enabled=true"], "ctr"),
+    "sft": (GEN_CONFIG, ["cft.lam=0"], "gen"),
+    "cft": (GEN_CONFIG, [], "gen"),
+}
+LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
+          "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
+          "cft": "distrec CFT, both branches (generative)"}
+
+
+def _measured(values: list[float], warmup: int) -> list[float]:
+    return values[warmup:] if len(values) > warmup else values
+
+
+def summarise(step_s: list[float], tokens: list[float], samples: list[float], world: int, warmup: int) -> dict:
+    """Rates over the steps after ``warmup``: total work / total time (not a mean of rates)."""
+    t, k, n = (_measured(v, warmup) for v in (step_s, tokens, samples))
+    return {"steps": len(t), "step_s": statistics.median(t), "tokens_per_s": sum(k) / sum(t),
+            "tokens_per_s_per_rank": sum(k) / sum(t) / world, "samples_per_s": sum(n) / sum(t)}
+
+
+def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup: int, storage: Path) -> dict:
+    from distrec.config import load_job_config
+    from distrec.train.launcher import run_job
+    from distrec.train.monitor import read_scalars
+
+    name = f"bench-{row}-{time.strftime('%Y%m%d-%H%M%S')}"
+    job = load_job_config(config, [*COMMON, *overrides, f"train.max_steps={warmup + steps}",
+                                   f"ray.storage_path={storage}", f"ray.run_name={name}"])
+    run = run_job(job)
+    series = {tag: [v for _, v in points] for tag, points in read_scalars(run.run_dir / "tensorboard").items()}
+    step_s = series["throughput/step_time_s"]
+    tokens = [r * s for r, s in zip(series["throughput/tokens_per_s"], step_s)]
+    samples = [r * s for r, s in zip(series["throughput/samples_per_s"], step_s)]
+    out = summarise(step_s, tokens, samples, job.ray.num_workers, warmup)
+    for phase in ("data_wait", "compute", "optimizer"):
+        out[f"{phase}_s"] = statistics.median(_measured(series[f"throughput/{phase}_s"], warmup))
+    out["peak_rss_gib"] = max(series["memory/host_peak_rss_gib"])
+    if "memory/cuda_max_allocated_gib" in series:
+        out["peak_device_gib"] = max(series["memory/cuda_max_allocated_gib"])
+    return out
+
+
+def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path) -> dict:
+    from distrec.config import load_job_config
+    from distrec.train.artefacts import ensure_prepared
+
+    job = load_job_config(config, [*COMMON, *overrides])
+    prepared = ensure_prepared(job)
+    out = workdir / f"hf-{job.data.task}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.ray.num_workers}",
+           str(REPO / "jobs" / "bench" / "hf_trainer_baseline.py"), "--config", config, "--prepared", str(prepared),
+           "--steps", str(warmup + steps), "--out", str(out), *COMMON, *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    log = workdir / f"hf-{job.data.task}.log"
+    with log.open("w") as fh:
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"HF Trainer baseline failed ({done.returncode}); last lines of {log}:\n"
+                           + "\n".join(log.read_text().splitlines()[-30:]))
+    res = json.loads(out.read_text())
+    row = summarise(res["step_time_s"], res["tokens"], res["samples"], res["world_size"], warmup)
+    row["peak_rss_gib"] = res["peak_rss_gib"][0]
+    if res.get("peak_device_gib") is not None:
+        row["peak_device_gib"] = res["peak_device_gib"]
+    return row
+
+
+def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
+    lines = ["| row | tokens/s (all ranks) | tokens/s per rank | samples/s | step s (median) | data / fwd+bwd / optim s "
+             "| peak RSS rank 0 GiB | vs HF Trainer (tokens/s) |", "|---|---|---|---|---|---|---|---|"]
+    for group, base in baselines.items():
+        lines.append(f"| HF Trainer + PEFT LoRA ({'CTR' if group == 'ctr' else 'generative'}) | {base['tokens_per_s']:,.0f} "
+                     f"| {base['tokens_per_s_per_rank']:,.0f} | {base['samples_per_s']:.2f} | {base['step_s']:.2f} | – "
+                     f"| {base['peak_rss_gib']:.2f} | 1.00× |")
+        for name, r in results.items():
+            if ROWS[name][2] != group:
+                continue
+            split = f"{r['data_wait_s']:.3f} / {r['compute_s']:.2f} / {r['optimizer_s']:.2f}"
+            lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
+                         f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['peak_rss_gib']:.2f} "
+                         f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f}× |")
+    if "cft" in results and "sft" in results:
+        lines.append(f"\nCFT step / distrec SFT step (medians, same batch): "
+                     f"{results['cft']['step_s'] / results['sft']['step_s']:.2f}×")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))  # subr_throughput's device description
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="lora,cflora,rellax,sft,cft")
+    parser.add_argument("--steps", type=int, default=6, help="measured optimiser steps per row")
+    parser.add_argument("--warmup", type=int, default=2, help="steps dropped before measuring")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-append", action="store_true")
+    args, overrides = parser.parse_known_args(argv)
+    names = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown:
+        parser.error(f"--rows: unknown {unknown}; choose from {sorted(ROWS)}")
+
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    baselines: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="distrec-bench-") as tmp:
+        for group in dict.fromkeys(ROWS[n][2] for n in names):
+            config = next(ROWS[n][0] for n in names if ROWS[n][2] == group)
+            baselines[group] = hf_row(config, overrides, args.steps, args.warmup, Path(tmp))
+        for name in names:
+            config, extra, _ = ROWS[name]
+            results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs")
+    text = table(results, baselines)
+    from subr_throughput import _device
+
+    from distrec.config import load_job_config
+
+    job = load_job_config(CTR_CONFIG, [*COMMON, *overrides])
+    command = " ".join([Path(sys.executable).name, "jobs/bench/train_throughput.py",
+                        *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
+    import torch
+    import transformers
+
+    block = (f"\n## Training throughput vs HF Trainer — {datetime.datetime.now().isoformat(timespec='minutes')}\n\n"
+             f"- Device: {_device()}\n- Versions: torch {torch.__version__}, transformers {transformers.__version__}\n"
+             f"- Settings: model {job.model.name_or_path} ({job.model.dtype}), {job.ray.num_workers} ranks, ZeRO-"
+             f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}, micro batch {job.train.micro_batch_size} × accum "
+             f"{job.train.grad_accum}, LoRA r {job.adapter.r} on {','.join(job.adapter.target_modules)}, "
+             f"{args.steps} measured steps after {args.warmup} warm-up steps per row; whole benchmark "
+             f"{time.perf_counter() - started:.0f} s\n- Command: `{command}`\n\n{text}\n")
+    print(block)
+    if not args.no_append:
+        with args.results.open("a") as fh:
+            fh.write(block)
+    return {"results": results, "baselines": baselines, "block": block}
+
+
+if __name__ == "__main__":
+    main()
