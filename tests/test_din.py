@@ -12,7 +12,8 @@ import torch
 from distrec.data import storage
 from distrec.data.schema import CTR_SAMPLES, ITEMS, USERS
 from distrec.errors import DataError
-from distrec.model.crm import DIN, DinConfig, history_matrix, load_din, train_din
+from distrec.model.crm import DIN, DinConfig
+from distrec.model.crm.train_din import history_matrix, load_din, train_din
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 

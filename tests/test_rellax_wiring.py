@@ -121,7 +121,7 @@ def batch_of(histories, shown, targets) -> dict:
 
 
 def test_crm_inputs_equal_din_run_by_hand(din_folder):
-    from distrec.model.crm import load_din
+    from distrec.model.crm.train_din import load_din
     from distrec.model.crm.features import CrmFeatures
 
     crm, din = CrmFeatures(din_folder), load_din(din_folder)

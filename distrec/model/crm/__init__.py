@@ -1,7 +1,7 @@
 """Conventional recommenders (CRMs) used by ReLLaX: DIN (its ID embeddings feed SPA, its
-final-MLP hidden output feeds CFLoRA)."""
+final-MLP hidden output feeds CFLoRA). Training and loading live in ``crm.train_din``, kept
+out of this package's import so the config (which needs ``DinConfig``) stays light."""
 
 from distrec.model.crm.din import DIN, DinConfig
-from distrec.model.crm.train_din import history_matrix, load_din, save_din, train_din
 
-__all__ = ["DIN", "DinConfig", "history_matrix", "load_din", "save_din", "train_din"]
+__all__ = ["DIN", "DinConfig"]
