@@ -22,7 +22,7 @@ def test_phases_accumulate_their_own_time_and_reset_per_step():
     assert set(s) == {"throughput/data_wait_s", "throughput/compute_s", "throughput/optimizer_s"}
     assert 0.05 <= s["throughput/data_wait_s"] < 0.5
     assert 0.06 <= s["throughput/compute_s"] < 0.5
-    assert 0.02 <= s["throughput/optimizer_s"] < s["throughput/compute_s"]
+    assert 0.02 <= s["throughput/optimizer_s"] < 0.5
 
     timer.reset()  # step 2: data immediately available
     timer.data_ready()
