@@ -2,8 +2,8 @@
 
 :func:`build_retrieval` encodes the item table (through the embedding cache; a Ray Data actor
 pool on a miss), builds the item space once on the driver (PCA, normalisation), then streams
-every split's sample shards through one actor pool (``read_parquet`` -> ``repartition`` ->
-``map_batches`` with :class:`SubrActor`, ``num_cpus=0.5`` each) that holds the item vectors
+every split's sample shards through one actor pool (blocks of one batch put into the object
+store by the driver -> ``map_batches`` with :class:`SubrActor`, ``num_cpus=0.5`` each) that holds the item vectors
 (shipped once through the object store) and calls :func:`~distrec.retrieval.subr.retrieve_table`.
 
 The output is a new prepared folder (``distrec.data.storage.write_prepared``: atomic, manifest
@@ -69,13 +69,13 @@ def run_subr_ray(
     space: ItemSpace,
     cfg: SubrConfig,
     n_actors: int = 1,
-    rows_hint: int | None = None,
 ) -> dict[str, pa.Table]:
     """Every split's shards through one SUBR actor pool; returns split -> table in file order.
 
     Files must follow the prepared layout (``<split>/part-*.parquet``); a split with no rows
     is absent from the result.
     """
+    import pyarrow.parquet as pq
     import ray
     import ray.data
 
@@ -83,24 +83,25 @@ def run_subr_ray(
 
     quiet_ray_data()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    n_actors = max(1, int(n_actors))
-    files = [f for fs in files_by_split.values() for f in fs]
-    rows = rows_hint or 0
+    # The driver reads the shards and puts them into the object store in blocks of one
+    # actor batch: Ray Data's own Parquet read lists files in a task and reads small files as
+    # one block, which then needs a repartition barrier; on ML-1M-sized inputs those two
+    # cost several times the retrieval itself (jobs/bench/RESULTS.md).
+    refs = []
+    for file in (f for fs in files_by_split.values() for f in fs):
+        table = pq.read_table(file)
+        table = table.append_column("path", pa.array([file] * table.num_rows, pa.string()))
+        refs += [ray.put(table.slice(lo, cfg.batch_size)) for lo in range(0, table.num_rows, cfg.batch_size)]
+    if not refs:
+        return {}
     space_ref = ray.put(space)
-    # Small files may be read as one block, a large file is one block: cut the stream so every
-    # actor gets work (an order-preserving split, not a shuffle).
-    blocks = max(2 * n_actors, min(32, -(-rows // cfg.batch_size))) if rows else 2 * n_actors
-    ds = (
-        ray.data.read_parquet(files, include_paths=True)
-        .repartition(blocks)
-        .map_batches(
-            SubrActor,
-            fn_constructor_kwargs={"space_ref": [space_ref], "cfg": dataclasses.asdict(cfg)},
-            batch_size=cfg.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=0.5,
-        )
+    ds = ray.data.from_arrow_refs(refs).map_batches(
+        SubrActor,
+        fn_constructor_kwargs={"space_ref": [space_ref], "cfg": dataclasses.asdict(cfg)},
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=max(1, int(n_actors))),
+        num_cpus=0.5,
     )
     out: dict[str, list[pa.Table]] = {name: [] for name in files_by_split}
     for block in ray.get(ds.to_arrow_refs()):
@@ -178,9 +179,8 @@ def build_retrieval(
     encoded_s = time.perf_counter() - started
 
     files = _split_files(src, manifest)
-    total = sum(s["rows"] for s in manifest["splits"].values())
     t0 = time.perf_counter()
-    splits = run_subr_ray(files, space, cfg, n_actors=n_actors, rows_hint=total)
+    splits = run_subr_ray(files, space, cfg, n_actors=n_actors)
     retrieve_s = time.perf_counter() - t0
 
     for name in files:
