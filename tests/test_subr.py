@@ -4,6 +4,7 @@ Ray Data pipeline against the pure function (methods.md §4 "ReLLaX / SUBR" item
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -348,8 +349,28 @@ def test_ray_pipeline_with_two_actors_equals_retrieve_table(ray_local, tmp_path,
         expected = retrieve_table(storage.open_split(src, split), (vec_ids, vecs), cfg)
         assert got.schema.field("history_indices").type == pa.list_(pa.int32())
         assert got.equals(expected), split
-        assert len(manifest["splits"][split]["files"]) == (3 if got.num_rows else 1)
+        files = manifest["splits"][split]["files"]  # every source shard cut into >= 1 task, one output shard each
+        assert sum(f["rows"] for f in files) == got.num_rows
+        assert len(files) >= 3 if got.num_rows else len(files) == 1
     assert storage.open_table(out, "items").equals(items)
     with pytest.raises(DataError, match="already exists"):
         build_retrieval(src, out, cfg, n_actors=1)
     json.dumps(manifest)
+
+
+def test_shard_tasks_cover_every_source_row_once_in_order():
+    from distrec.retrieval.pipeline import shard_tasks
+
+    manifest = {"splits": {
+        "train": {"files": [{"path": "train/part-00000.parquet", "rows": 1000}, {"path": "train/part-00001.parquet", "rows": 7}]},
+        "test": {"files": [{"path": "test/part-00000.parquet", "rows": 0}]},
+    }}
+    for split in manifest["splits"].values():
+        split["rows"] = sum(f["rows"] for f in split["files"])
+    tasks = shard_tasks(Path("/src"), manifest, n_actors=2, min_rows=100)
+    # 1,007 rows / (4 tasks per actor x 2 actors) -> chunks of >= 126 rows: 1000 -> 8 ranges, 7 -> 1
+    train = [t for t in tasks if t["split"] == "train"]
+    assert [t["rel"] for t in train] == [f"train/part-{i:05d}.parquet" for i in range(9)]
+    assert [(t["lo"], t["hi"]) for t in train if t["src"].endswith("00000.parquet")] == [(i * 125, (i + 1) * 125) for i in range(8)]
+    assert [(t["src"], t["lo"], t["hi"]) for t in train[8:]] == [("/src/train/part-00001.parquet", 0, 7)]
+    assert [(t["rel"], t["lo"], t["hi"]) for t in tasks if t["split"] == "test"] == [("test/part-00000.parquet", 0, 0)]

@@ -75,21 +75,26 @@ def shard_bounds(rows: int, num_shards: int) -> list[tuple[int, int]]:
     return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
+def write_shard(root: Path, rel: str, table: pa.Table) -> dict[str, Any]:
+    """Write one shard at ``root / rel``; its manifest file entry plus ``positives`` (None without labels)."""
+    _write_parquet(table, root / rel)
+    positives = int(pc.sum(table.column("label")).as_py() or 0) if "label" in table.column_names else None
+    return {"path": rel, "rows": table.num_rows, "sha256": sha256_file(root / rel), "positives": positives}
+
+
+def split_entry(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest entry of a split from its :func:`write_shard` results, in row order."""
+    rows = sum(f["rows"] for f in shards)
+    positives = None if shards[0]["positives"] is None else sum(f["positives"] for f in shards)
+    files = [{k: f[k] for k in ("path", "rows", "sha256")} for f in shards]
+    return {"rows": rows, "positives": positives, "positive_rate": positives / rows if positives is not None and rows else None,
+            "files": files, "sha256": _combined_hash([f["sha256"] for f in files])}
+
+
 def _write_split(root: Path, name: str, table: pa.Table, num_shards: int) -> dict[str, Any]:
     (root / name).mkdir()
-    files = []
-    for i, (lo, hi) in enumerate(shard_bounds(table.num_rows, num_shards)):
-        rel = f"{name}/part-{i:05d}.parquet"
-        _write_parquet(table.slice(lo, hi - lo), root / rel)
-        files.append({"path": rel, "rows": hi - lo, "sha256": sha256_file(root / rel)})
-    entry: dict[str, Any] = {"rows": table.num_rows, "positives": None, "positive_rate": None}
-    if "label" in table.column_names:
-        positives = int(pc.sum(table.column("label")).as_py() or 0)
-        entry["positives"] = positives
-        entry["positive_rate"] = positives / table.num_rows if table.num_rows else None
-    entry["files"] = files
-    entry["sha256"] = _combined_hash([f["sha256"] for f in files])
-    return entry
+    return split_entry([write_shard(root, f"{name}/part-{i:05d}.parquet", table.slice(lo, hi - lo))
+                        for i, (lo, hi) in enumerate(shard_bounds(table.num_rows, num_shards))])
 
 
 def _write_table(root: Path, name: str, table: pa.Table) -> dict[str, Any]:
@@ -162,18 +167,23 @@ def write_prepared(
     Raises DataError if ``out`` exists and ``overwrite`` is False (checked before any work).
     """
     with staged_folder(Path(out), overwrite) as tmp:
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "distrec_version": distrec.__version__,
-            **meta,
-            "tables": {
-                "items": _write_table(tmp, "items", items),
-                "users": _write_table(tmp, "users", users),
-            },
-            "splits": {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()},
-        }
-        _write_json(tmp / MANIFEST, manifest)
+        entries = {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()}
+        return write_manifest(tmp, entries, items=items, users=users, meta=meta)
+
+
+def write_manifest(root: Path, splits: Mapping[str, dict[str, Any]], *, items: pa.Table, users: pa.Table,
+                   meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the item/user tables and, last, the manifest into a staged folder whose split
+    shards are already written (``splits``: name -> :func:`split_entry`); returns the manifest."""
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "distrec_version": distrec.__version__,
+        **meta,
+        "tables": {"items": _write_table(root, "items", items), "users": _write_table(root, "users", users)},
+        "splits": dict(splits),
+    }
+    _write_json(root / MANIFEST, manifest)
     return manifest
 
 

@@ -1,29 +1,31 @@
 """SUBR over a prepared dataset with Ray Data: prepared folder in, retrieval-augmented folder out.
 
 :func:`build_retrieval` encodes the item table (through the embedding cache; a Ray Data actor
-pool on a miss), builds the item space once on the driver (PCA, normalisation), then streams
-every split's sample shards through one actor pool (blocks of one batch put into the object
-store by the driver -> ``map_batches`` with :class:`SubrActor`, ``num_cpus=0.5`` each) that holds the item vectors
-(shipped once through the object store) and calls :func:`~distrec.retrieval.subr.retrieve_table`.
+pool on a miss), builds the item space once on the driver (PCA, normalisation), then cuts every
+split's source shards into row-range tasks (:func:`shard_tasks`) and runs them in one actor pool
+(:class:`SubrActor`, ``num_cpus=0.5`` each, the item space shipped once through the object
+store): each task reads its rows, calls :func:`~distrec.retrieval.subr.retrieve_table`, checks
+the sample ids kept their order, and writes one output shard into the staged folder.
 
-The output is a new prepared folder (``distrec.data.storage.write_prepared``: atomic, manifest
-last) with the same splits, rows, row order and columns plus ``history_indices:
-list<int32>``, the same items/users tables, and a manifest that keeps the source's
-``dataset/task/config/source/stats`` and adds ``subr``: the SUBR config, the encoder (spec,
-cache id, dim), the item-space info (PCA components, explained variance), the scoring path,
-the source folder and its split hashes. Rows come back in order (``preserve_order``); the
-sample ids are checked against the source before anything is written.
+The output is a new prepared folder (written atomically by ``distrec.data.storage``: staged
+folder, manifest last, then renamed) with the same splits, rows, row order and columns plus
+``history_indices: list<int32>``, the same items/users tables, and a manifest that keeps the
+source's ``dataset/task/config/source/stats`` and adds ``subr``: the SUBR config, the encoder
+(spec, cache id, dim), the item-space info (PCA components, explained variance), the scoring
+path, the source folder and its split hashes. Any failure removes the staged folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from distrec.data import storage
 from distrec.errors import DataError
@@ -39,84 +41,75 @@ _KEEP_META = ("dataset", "task", "config", "source", "stats")
 
 
 class SubrActor:
-    """Ray Data actor: holds the item space, adds ``history_indices`` to batches of samples."""
+    """Ray Data actor: holds the item space; per task, reads a row range of a source shard,
+    adds ``history_indices`` and writes the result as one shard of the staged output folder.
 
-    def __init__(self, space_ref: list, cfg: dict) -> None:
+    Reading and writing in the actors (not the driver) is what lets a second actor add
+    throughput: the driver only lists tasks and writes the manifest.
+    """
+
+    def __init__(self, space_ref: list, cfg: dict, out_root: str) -> None:
         import ray
 
         self.space: ItemSpace = ray.get(space_ref[0])
         self.cfg = SubrConfig(**cfg)
+        self.root = Path(out_root)
+        self._source: tuple[str | None, pa.Table | None] = (None, None)
         if self.cfg.order != "recent" and resolve_method(self.space, self.cfg) == "matrix":
             self.space.matrix()  # once per actor, not per batch
 
+    def _read(self, path: str) -> pa.Table:
+        if self._source[0] != path:  # consecutive tasks usually share a source shard
+            self._source = (path, pq.read_table(path))
+        return self._source[1]
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return retrieve_table(batch, self.space, self.cfg)
+        entries = []
+        for task in batch.to_pylist():
+            rows = self._read(task["src"]).slice(task["lo"], task["hi"] - task["lo"])
+            table = retrieve_table(rows, self.space, self.cfg)
+            if "sample_id" in rows.column_names and not table.column("sample_id").equals(rows.column("sample_id")):
+                raise DataError(f"SUBR pipeline: rows {task['lo']}..{task['hi']} of {task['src']} came back out of order")
+            entries.append(json.dumps(storage.write_shard(self.root, task["rel"], table)))
+        return pa.table({"rel": batch.column("rel"), "entry": pa.array(entries, pa.string())})
 
 
-def _split_files(root: Path, manifest: dict[str, Any]) -> dict[str, list[str]]:
-    return {name: [str(root / f["path"]) for f in s["files"]] for name, s in manifest["splits"].items()}
+def shard_tasks(root: Path, manifest: dict[str, Any], n_actors: int, min_rows: int) -> list[dict[str, Any]]:
+    """One task per output shard: ``{split, src, lo, hi, rel}``, splits and rows in order.
 
-
-def _num_shards(manifest: dict[str, Any]) -> int:
-    cfg_shards = (manifest.get("config") or {}).get("num_shards")
-    if isinstance(cfg_shards, int) and cfg_shards > 0:
-        return cfg_shards
-    return max(1, max(len(s["files"]) for s in manifest["splits"].values()))
-
-
-def run_subr_ray(
-    files_by_split: dict[str, list[str]],
-    space: ItemSpace,
-    cfg: SubrConfig,
-    n_actors: int = 1,
-) -> dict[str, pa.Table]:
-    """Every split's shards through one SUBR actor pool; returns split -> table in file order.
-
-    Files must follow the prepared layout (``<split>/part-*.parquet``); a split with no rows
-    is absent from the result.
+    Source shards are cut into row ranges of about ``total / (4·n_actors)`` rows (at least
+    ``min_rows``), so every actor has work even when a split is one file; an empty source
+    shard is one empty task (its schema survives).
     """
-    import pyarrow.parquet as pq
+    total = sum(s["rows"] for s in manifest["splits"].values())
+    chunk = max(min_rows, -(-total // (4 * max(1, n_actors))))
+    tasks = []
+    for name, split in manifest["splits"].items():
+        bounds = [(str(root / f["path"]), lo, hi) for f in split["files"]
+                  for lo, hi in storage.shard_bounds(f["rows"], max(1, -(-f["rows"] // chunk)))]
+        tasks += [{"split": name, "src": src, "lo": lo, "hi": hi, "rel": f"{name}/part-{i:05d}.parquet"}
+                  for i, (src, lo, hi) in enumerate(bounds)]
+    return tasks
+
+
+def run_subr_ray(tasks: list[dict[str, Any]], space: ItemSpace, cfg: SubrConfig, out_root: Path,
+                 n_actors: int = 1) -> dict[str, dict[str, Any]]:
+    """Run every task in one SUBR actor pool; returns ``rel -> storage.write_shard`` entry."""
     import ray
     import ray.data
 
     from distrec.data.ray_data import quiet_ray_data
 
     quiet_ray_data()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    # The driver reads the shards and puts them into the object store in blocks of one
-    # actor batch: Ray Data's own Parquet read lists files in a task and reads small files as
-    # one block, which then needs a repartition barrier; on ML-1M-sized inputs those two
-    # cost several times the retrieval itself (jobs/bench/RESULTS.md).
-    refs = []
-    for file in (f for fs in files_by_split.values() for f in fs):
-        table = pq.read_table(file)
-        table = table.append_column("path", pa.array([file] * table.num_rows, pa.string()))
-        refs += [ray.put(table.slice(lo, cfg.batch_size)) for lo in range(0, table.num_rows, cfg.batch_size)]
-    if not refs:
-        return {}
-    space_ref = ray.put(space)
-    ds = ray.data.from_arrow_refs(refs).map_batches(
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
         SubrActor,
-        fn_constructor_kwargs={"space_ref": [space_ref], "cfg": dataclasses.asdict(cfg)},
-        batch_size=cfg.batch_size,
+        fn_constructor_kwargs={"space_ref": [ray.put(space)], "cfg": dataclasses.asdict(cfg), "out_root": str(out_root)},
+        batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=max(1, int(n_actors))),
         num_cpus=0.5,
     )
-    out: dict[str, list[pa.Table]] = {name: [] for name in files_by_split}
-    for block in ray.get(ds.to_arrow_refs()):
-        if block.num_rows == 0:
-            continue
-        paths = block.column("path").to_numpy(zero_copy_only=False)
-        # A block may span a file boundary: cut it where the path changes (order is preserved).
-        cuts = np.flatnonzero(paths[1:] != paths[:-1]) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(paths)]):
-            part = block.slice(int(lo), int(hi - lo)).drop_columns(["path"])
-            name = Path(str(paths[lo])).parent.name  # prepared layout: <split>/part-*.parquet
-            if name not in out:
-                raise DataError(f"SUBR pipeline: Ray Data returned rows from an unknown file {paths[lo]}")
-            out[name].append(part)
-    return {name: pa.concat_tables(parts) for name, parts in out.items() if parts}
+    return {row["rel"]: json.loads(row["entry"]) for row in ds.take_all()}
 
 
 def build_retrieval(
@@ -178,44 +171,32 @@ def build_retrieval(
     space = build_space(ids, vectors, dataclasses.replace(cfg, pca_dim=None) if cfg.order == "recent" else cfg)
     encoded_s = time.perf_counter() - started
 
-    files = _split_files(src, manifest)
-    t0 = time.perf_counter()
-    splits = run_subr_ray(files, space, cfg, n_actors=n_actors)
-    retrieve_s = time.perf_counter() - t0
-
-    for name in files:
-        if name not in splits:  # an empty split yields no rows: keep its schema
-            splits[name] = retrieve_table(storage.open_split(src, name), space, cfg)
-    splits = {name: splits[name] for name in files}
-    for name, table in splits.items():
-        expected = manifest["splits"][name]["rows"]
-        if table.num_rows != expected:
-            raise DataError(f"SUBR pipeline: split '{name}' came back with {table.num_rows} rows, expected {expected}")
-        if expected and "sample_id" in table.column_names:
-            source_ids = storage.open_split(src, name).column("sample_id")
-            if not table.column("sample_id").equals(source_ids):
-                raise DataError(f"SUBR pipeline: split '{name}' came back out of order")
-    subr_meta = {
-        "config": dataclasses.asdict(cfg),
-        "encoder": encoder_info,
-        "item_space": space.info,
-        "method": resolve_method(space, cfg) if cfg.order != "recent" else None,
-        "n_actors": int(n_actors),
-        "encode_actors": int(encode_actors or n_actors),
-        "source_prepared": str(src.resolve()),
-        "source_splits_sha256": {name: s["sha256"] for name, s in manifest["splits"].items()},
-        "timings_s": {"encode_and_space": round(encoded_s, 3), "retrieve": round(retrieve_s, 3)},
-        **(extra_meta or {}),
-    }
+    tasks = shard_tasks(src, manifest, n_actors, cfg.batch_size)
     meta = {k: manifest[k] for k in _KEEP_META if k in manifest}
-    meta["subr"] = subr_meta
-    storage.write_prepared(
-        out,
-        splits,
-        items=items,
-        users=users,
-        meta=meta,
-        num_shards=_num_shards(manifest),
-        overwrite=overwrite,
-    )
+    with storage.staged_folder(out, overwrite) as tmp:
+        for name in manifest["splits"]:
+            (tmp / name).mkdir()
+        t0 = time.perf_counter()
+        shards = run_subr_ray(tasks, space, cfg, tmp, n_actors=n_actors)
+        retrieve_s = time.perf_counter() - t0
+        entries = {name: storage.split_entry([shards[t["rel"]] for t in tasks if t["split"] == name])
+                   for name in manifest["splits"]}
+        for name, entry in entries.items():
+            expected = manifest["splits"][name]["rows"]
+            if entry["rows"] != expected:
+                raise DataError(f"SUBR pipeline: split '{name}' came back with {entry['rows']} rows, expected {expected}")
+        subr_meta = {
+            "config": dataclasses.asdict(cfg),
+            "encoder": encoder_info,
+            "item_space": space.info,
+            "method": resolve_method(space, cfg) if cfg.order != "recent" else None,
+            "n_actors": int(n_actors),
+            "encode_actors": int(encode_actors or n_actors),
+            "source_prepared": str(src.resolve()),
+            "source_splits_sha256": {name: s["sha256"] for name, s in manifest["splits"].items()},
+            "timings_s": {"encode_and_space": round(encoded_s, 3), "retrieve": round(retrieve_s, 3)},
+            **(extra_meta or {}),
+        }
+        meta["subr"] = subr_meta
+        storage.write_manifest(tmp, entries, items=items, users=users, meta=meta)
     return out
