@@ -45,7 +45,9 @@ class SubrActor:
     adds ``history_indices`` and writes the result as one shard of the staged output folder.
 
     Reading and writing in the actors (not the driver) is what lets a second actor add
-    throughput: the driver only lists tasks and writes the manifest.
+    throughput: the driver only lists tasks and writes the manifest. On a multi-node cluster
+    the source and output folders must be on storage every node mounts (as the prepared
+    folders that the training workers read already are).
     """
 
     def __init__(self, space_ref: list, cfg: dict, out_root: str) -> None:
