@@ -3,24 +3,13 @@ file under tmp_path (never the repository's RESULTS.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "jobs" / "bench" / "subr_throughput.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("subr_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench
 
 
 @pytest.mark.ray
 def test_bench_tiny_config_reports_and_appends_to_tmp(ray_local, tmp_path):
-    bench = _load()
+    bench = load_bench("subr_throughput")
     repo_results = bench.RESULTS
     before = repo_results.read_text() if repo_results.exists() else None
     out = tmp_path / "RESULTS.md"
@@ -39,7 +28,7 @@ def test_bench_tiny_config_reports_and_appends_to_tmp(ray_local, tmp_path):
 def test_synthetic_histories_are_distinct_and_shaped():
     import numpy as np
 
-    bench = _load()
+    bench = load_bench("subr_throughput")
     offsets, flat, targets = bench.make_samples(2000, 3706, np.random.default_rng(0))
     lengths = np.diff(offsets)
     assert targets.shape == (2000,) and lengths.min() >= 1 and lengths.max() <= 2000

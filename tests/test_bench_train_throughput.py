@@ -4,23 +4,12 @@ block to a file under tmp_path (never the repository's RESULTS.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "jobs" / "bench" / "train_throughput.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench
 
 
 def test_summarise_is_total_work_over_total_time():
-    bench = _load()
+    bench = load_bench("train_throughput")
     s = bench.summarise([9.0, 1.0, 3.0], [999.0, 100.0, 500.0], [1.0, 8.0, 8.0], world=2, warmup=1)
     assert s["steps"] == 2
     assert s["tokens_per_s"] == pytest.approx(600 / 4)  # not the mean of 100/1 and 500/3
@@ -31,7 +20,7 @@ def test_summarise_is_total_work_over_total_time():
 
 @pytest.mark.ray
 def test_bench_tiny_lora_against_hf_trainer(ray_local, tmp_path):
-    bench = _load()
+    bench = load_bench("train_throughput")
     out = tmp_path / "RESULTS.md"
     res = bench.main(["--rows", "lora", "--steps", "2", "--warmup", "1", "--results", str(out),
                       "model.name_or_path=tiny", "data.train_size=64"])

@@ -14,6 +14,7 @@ def _write_snapshot(folder, step):
 
 def test_committed_step_reads_the_latest_registered_checkpoint(tmp_path):
     assert committed_step(tmp_path) is None  # no snapshot yet
+    assert wait_until_committed(tmp_path, 0, wait_s=0.0)  # nothing saved yet: nothing to wait for
     (tmp_path / SNAPSHOT).write_text('{"latest_check')  # being rewritten
     assert committed_step(tmp_path) is None
     _write_snapshot(tmp_path, None)

@@ -10,8 +10,7 @@ from distrec.train.step_timer import StepTimer
 def test_phases_accumulate_their_own_time_and_reset_per_step():
     timer = StepTimer(torch.device("cpu"))
     time.sleep(0.05)  # the data of step 1 "arrives" late
-    timer.reset()
-    timer.data_ready()
+    timer.start_step()
     for _ in range(2):  # two micro-batches
         with timer.phase("compute"):
             time.sleep(0.03)
@@ -24,7 +23,6 @@ def test_phases_accumulate_their_own_time_and_reset_per_step():
     assert 0.06 <= s["throughput/compute_s"] < 0.5
     assert 0.02 <= s["throughput/optimizer_s"] < 0.5
 
-    timer.reset()  # step 2: data immediately available
-    timer.data_ready()
+    timer.start_step()  # step 2: data immediately available
     assert timer.scalars()["throughput/data_wait_s"] < 0.05
     assert timer.scalars()["throughput/compute_s"] == 0.0

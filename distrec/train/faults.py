@@ -45,7 +45,8 @@ def committed_step(storage_dir: Path) -> int | None:
 
 
 def wait_until_committed(storage_dir: Path, step: int, wait_s: float, poll_s: float = 0.2) -> bool:
-    """Block until Ray Train has registered a checkpoint of ``step`` or later; False on timeout."""
+    """Block until Ray Train has registered a checkpoint of ``step`` or later (at once for
+    ``step`` 0); False on timeout."""
     deadline = time.monotonic() + wait_s
     while (committed_step(storage_dir) or 0) < step:
         if time.monotonic() >= deadline:
@@ -54,21 +55,23 @@ def wait_until_committed(storage_dir: Path, step: int, wait_s: float, poll_s: fl
     return True
 
 
-def maybe_kill(run_dir: Path, steps: Iterable[int], step: int, rank: int, world: int,
-               saved_step: int | None = None, wait_s: float = 300.0) -> None:
-    """SIGKILL this process if ``step`` is listed, this is the last rank, and it was not done before.
+def _armed(run_dir: Path, name: str, steps: Iterable[int], step: int, rank: int, world: int) -> Path | None:
+    """The marker to write before killing at ``step``, or None when this rank must not kill.
 
-    ``saved_step``: the step of this attempt's latest checkpoint; the kill waits (at most
-    ``wait_s``) until Ray Train has registered it.
-    """
-    if step not in set(steps) or rank != world - 1:
-        return
-    marker = run_dir / "faults" / f"killed_at_step_{step}"
-    if marker.exists():
-        return
-    if saved_step is not None:
+    Only the last rank kills, only at listed steps, and only once per run (the marker file
+    keeps the restarted attempt from killing itself again)."""
+    marker = run_dir / "faults" / f"{name}_{step}"
+    return None if step not in set(steps) or rank != world - 1 or marker.exists() else marker
+
+
+def maybe_kill(run_dir: Path, steps: Iterable[int], step: int, rank: int, world: int,
+               saved_step: int = 0, wait_s: float = 300.0) -> None:
+    """SIGKILL this process if :func:`_armed` allows it, once Ray Train has registered the
+    attempt's latest checkpoint (``saved_step``; 0 = none yet), waiting at most ``wait_s``."""
+    marker = _armed(run_dir, "killed_at_step", steps, step, rank, world)
+    if marker is not None:
         wait_until_committed(run_dir.parent, saved_step, wait_s)
-    _kill(marker, f"pid {os.getpid()} rank {rank}\n")
+        _kill(marker, f"pid {os.getpid()} rank {rank}\n")
 
 
 def _kill(marker: Path, note: str) -> None:
@@ -78,22 +81,21 @@ def _kill(marker: Path, note: str) -> None:
 
 
 def partial_upload(run_dir: Path, step: int, rank: int, world: int, steps: Iterable[int],
-                   saved_step: int | None, wait_s: float = 300.0):
+                   saved_step: int = 0, wait_s: float = 300.0):
     """A ``checkpoint_upload_fn`` for ``ray.train.report`` that dies half-way, or None to upload normally.
 
     The returned function copies this rank's checkpoint files (sorted by name) into the named
     storage folder one by one and SIGKILLs the process after half of them; the marker file
     records which folder was left partial.
     """
-    marker = run_dir / "faults" / f"killed_in_checkpoint_{step}"
-    if step not in set(steps) or rank != world - 1 or marker.exists():
+    marker = _armed(run_dir, "killed_in_checkpoint", steps, step, rank, world)
+    if marker is None:
         return None
 
     def upload(checkpoint, dir_name: str):
         import ray.train
 
-        if saved_step is not None:
-            wait_until_committed(run_dir.parent, saved_step, wait_s)
+        wait_until_committed(run_dir.parent, saved_step, wait_s)
         target = Path(ray.train.get_context().get_storage().experiment_fs_path) / dir_name
         files = sorted(p for p in Path(checkpoint.path).rglob("*") if p.is_file())
         for i, file in enumerate(files):

@@ -130,21 +130,28 @@ def adapter_width(config, adapted_modules) -> int:
 # --------------------------------------------------------------------------- the step
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepFlops:
-    """FLOPs of one training step. ``model_flops = forward_flops + backward_flops``;
-    ``hardware_flops = model_flops + recompute_flops``. ``adapter_flops`` (forward and
-    backward of the adapter alone) is already inside forward/backward."""
+    """FLOPs of one training step. ``adapter_flops`` (forward and backward of the adapter
+    alone) is already inside forward/backward."""
 
     forward_flops: float
     backward_flops: float
     adapter_flops: float
     recompute_flops: float
-    model_flops: float
-    hardware_flops: float
+
+    @property
+    def model_flops(self) -> float:
+        """The useful work: forward + backward (what MFU divides)."""
+        return self.forward_flops + self.backward_flops
+
+    @property
+    def hardware_flops(self) -> float:
+        """What the device runs: model FLOPs + the activation-checkpointing recompute."""
+        return self.model_flops + self.recompute_flops
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {**asdict(self), "model_flops": self.model_flops, "hardware_flops": self.hardware_flops}
 
 
 def _branch(
@@ -229,9 +236,7 @@ def train_step_flops(
             cf_positions = cf_tokens
         parts.append(_branch(config, cf_tokens, cft_seq_len or seq_len, cf_positions, **common))
     forward, backward, adapter, layers_fwd = (sum(p[i] for p in parts) for i in range(4))
-    recompute = layers_fwd if activation_checkpointing else 0.0
-    model = forward + backward
-    return StepFlops(forward, backward, adapter, recompute, model, model + recompute)
+    return StepFlops(forward, backward, adapter, layers_fwd if activation_checkpointing else 0.0)
 
 
 # ------------------------------------------------------------------------- utilisation

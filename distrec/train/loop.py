@@ -127,7 +127,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
     eval_every = t.eval_every or per_epoch
     ckpt_every = t.checkpoint_every or per_epoch
     ctx.engine.train()
-    saved_step = state.step if state.step > 0 else None
+    saved_step = state.step  # the checkpoint this attempt resumed from (0: none)
     while state.step < total_steps:
         stream = train_micro_batches(
             rows, strategy.rank, strategy.world_size, t.micro_batch_size, t.grad_accum,
@@ -135,8 +135,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
         )
         timer = StepTimer(strategy.device)
         for micro_batches in stream:
-            timer.reset()
-            timer.data_ready()
+            timer.start_step()
             started = time.perf_counter()
             # Global loss normalisers of this step (all micro-batches, all ranks) before any forward.
             norms = {k: strategy.all_reduce_sum(v) for k, v in task.normalisers(micro_batches).items()}

@@ -16,19 +16,18 @@ PHASES = ("data_wait", "compute", "optimizer")
 
 
 class StepTimer:
-    """Seconds per phase of the current step; ``reset()`` at each step's start."""
+    """Seconds per phase of the current step; ``start_step()`` when a step's data is in hand."""
 
     def __init__(self, device: torch.device) -> None:
         self._sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self._mark = time.perf_counter()
 
-    def reset(self) -> None:
+    def start_step(self) -> None:
+        """Zero the phases and bill the time since the previous step ended (or the timer
+        started) to ``data_wait``."""
         self.seconds = dict.fromkeys(PHASES, 0.0)
-
-    def data_ready(self) -> None:
-        """Bill the time since the previous step ended (or the timer started) to ``data_wait``."""
-        self.seconds["data_wait"] += time.perf_counter() - self._mark
+        self.seconds["data_wait"] = time.perf_counter() - self._mark
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

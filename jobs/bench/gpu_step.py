@@ -61,6 +61,7 @@ if str(REPO) not in sys.path:  # runs without PYTHONPATH too
 
 import torch  # noqa: E402
 
+from distrec.host import cpu_model  # noqa: E402
 from distrec.train.flops import device_peak, measure_matmul_peak, mfu, train_step_flops  # noqa: E402
 
 SHAPES = {
@@ -286,15 +287,7 @@ def step_flops(args, config, objective: str, n_keep: int) -> tuple[dict, float]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, no GPU used"
+    return f"{cpu_model()}, {os.cpu_count()} cores, no GPU used"
 
 
 def versions() -> str:

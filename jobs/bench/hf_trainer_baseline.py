@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -78,6 +77,7 @@ def main(argv: list[str]) -> None:
 
     from distrec.config import load_job_config
     from distrec.model.backbone import build_model, load_tokenizer
+    from distrec.train.monitor import peak_memory_bytes
     from distrec.train.strategy import build_ds_config, disable_cpu_shm_allreduce_build
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -133,14 +133,15 @@ def main(argv: list[str]) -> None:
                 for s in range(len(times))]
     local = torch.tensor(per_step, dtype=torch.float64)
     dist.all_reduce(local)
-    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dtype=torch.float64)  # KiB -> GiB
+    peak = peak_memory_bytes()
+    rss = torch.tensor([peak["host_peak_rss"] / 2**30], dtype=torch.float64)
     all_rss = [torch.zeros_like(rss) for _ in range(world)]
     dist.all_gather(all_rss, rss)
     if dist.get_rank() == 0:
         args.out.write_text(json.dumps({
             "step_time_s": times, "tokens": local[:, 0].tolist(), "samples": local[:, 1].tolist(),
             "peak_rss_gib": [float(r) for r in all_rss], "world_size": world,
-            "peak_device_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "peak_device_gib": peak["cuda_max_allocated"] / 2**30 if "cuda_max_allocated" in peak else None,
         }))
     dist.barrier()
 

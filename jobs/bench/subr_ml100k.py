@@ -23,10 +23,11 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def main(argv: list[str] | None = None) -> str:
-    from subr_throughput import _device, _versions
+    from subr_throughput import _versions
 
     from distrec.config import load_job_config
     from distrec.data import storage
+    from distrec.host import describe_host
     from distrec.retrieval.encoders import encode_items
     from distrec.retrieval.pipeline import build_retrieval
     from distrec.retrieval.subr import build_space, retrieve_table
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     job = load_job_config(args.config, ["data.train_size=null", "data.valid_size=null", "data.test_size=null",
                                         "subr.enabled=true", f"subr.k={args.k}", *args.overrides])
-    device = _device()
+    device = describe_host()
     prepared = ensure_prepared(job)
     init_ray(job.ray)
     items = storage.open_table(prepared, "items")

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from distrec.host import describe_host
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 CATALOGUES = {"ml1m": (3706, "cosine"), "ml25m": (59047, "dot")}
 
@@ -157,27 +159,6 @@ def ray_end_to_end(offsets, flat, targets, ids, vectors, cfg, actors: list[int],
 # ----------------------------------------------------------------------------- report
 
 
-def _device() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "no GPU"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except Exception as exc:  # noqa: BLE001 - best effort, the report still gets written
-        gpu = f"GPU unknown ({type(exc).__name__})"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; load average {load:.1f} at start"
-
-
 def _versions() -> str:
     import faiss
     import pyarrow
@@ -209,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from distrec.retrieval.subr import SubrConfig, build_space, resolve_method
 
-    device, versions = _device(), _versions()
+    device, versions = describe_host(), _versions()
     rng = np.random.default_rng(args.seed)
     sizes = [int(float(s)) for s in args.samples.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]

@@ -132,7 +132,6 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))  # subr_throughput's device description
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="lora,cflora,rellax,sft,cft")
     parser.add_argument("--steps", type=int, default=6, help="measured optimiser steps per row")
@@ -156,18 +155,17 @@ def main(argv: list[str] | None = None) -> dict:
             config, extra, _ = ROWS[name]
             results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs")
     text = table(results, baselines)
-    from subr_throughput import _device
-
     from distrec.config import load_job_config
+    from distrec.host import describe_host
 
-    job = load_job_config(CTR_CONFIG, [*COMMON, *overrides])
+    job = load_job_config(ROWS[names[0]][0], [*COMMON, *overrides])  # the settings line: the first row's config
     command = " ".join([Path(sys.executable).name, "jobs/bench/train_throughput.py",
                         *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     import torch
     import transformers
 
     block = (f"\n## Training throughput vs HF Trainer — {datetime.datetime.now().isoformat(timespec='minutes')}\n\n"
-             f"- Device: {_device()}\n- Versions: torch {torch.__version__}, transformers {transformers.__version__}\n"
+             f"- Device: {describe_host()}\n- Versions: torch {torch.__version__}, transformers {transformers.__version__}\n"
              f"- Settings: model {job.model.name_or_path} ({job.model.dtype}), {job.ray.num_workers} ranks, ZeRO-"
              f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}, micro batch {job.train.micro_batch_size} × accum "
              f"{job.train.grad_accum}, LoRA r {job.adapter.r} on {','.join(job.adapter.target_modules)}, "
