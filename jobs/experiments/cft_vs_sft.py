@@ -23,15 +23,14 @@ KEYS = ("hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "loss"
 
 
 def main(argv: list[str] | None = None) -> str:
-    from table_runs import run_rows
+    from table_runs import ROWS_HELP, pick_rows, run_rows
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="jobs/ml100k_cft.yaml")
-    parser.add_argument("--rows", default=None, help="comma list of row numbers to run (1-based; default all)")
+    parser.add_argument("--rows", default=None, help=ROWS_HELP)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    picked = [int(i) for i in args.rows.split(",")] if args.rows else range(1, len(ROWS) + 1)
-    rows = {name: extra for i, (name, extra) in enumerate(ROWS.items(), start=1) if i in picked}
+    rows = pick_rows(ROWS, args.rows)
 
     def cells(_row, result) -> list[str]:
         m = result.metrics["test"]

@@ -40,10 +40,11 @@ def din_row(config: str, overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from table_runs import run_rows
+    from table_runs import ROWS_HELP, pick_rows, run_rows
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="jobs/ml100k_rellax.yaml")
+    parser.add_argument("--rows", default=None, help=ROWS_HELP + "; the DIN row always runs")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"{result.elapsed_s:.0f}"]
 
     din = din_row(args.config, args.overrides)
-    table, storage = run_rows(args.config, args.overrides, ROWS, HEADER, cells, "rellax-ablation")
+    table, storage = run_rows(args.config, args.overrides, pick_rows(ROWS, args.rows), HEADER, cells, "rellax-ablation")
     lines = table.split("\n")
     table = "\n".join([*lines[:2], din, *lines[2:]])
     print(table)

@@ -11,6 +11,20 @@ from pathlib import Path
 from typing import Callable
 
 
+def pick_rows(rows: dict[str, list[str]], spec: str | None) -> dict[str, list[str]]:
+    """The rows named by ``spec``, a comma list of 1-based row numbers (None: all), in table order."""
+    if not spec:
+        return dict(rows)
+    picked = {int(i) for i in spec.split(",")}
+    unknown = sorted(picked - set(range(1, len(rows) + 1)))
+    if unknown:
+        raise SystemExit(f"--rows: no row {unknown}; rows are 1..{len(rows)}: {list(rows)}")
+    return {name: extra for i, (name, extra) in enumerate(rows.items(), start=1) if i in picked}
+
+
+ROWS_HELP = "comma list of row numbers to run (1-based; default all)"
+
+
 def run_rows(config: str, overrides: list[str], rows: dict[str, list[str]], header: list[str],
              cells: Callable[[str, object], list[str]], prefix: str) -> tuple[str, Path]:
     """``cells(row_name, RunResult) -> the row's cells after its name``; returns (table, storage folder)."""
