@@ -243,15 +243,22 @@ def prepared(items, tmp_path):
     return data_cfg
 
 
-def test_cli_train_writes_artefact(ray_local, prepared, tmp_path):
+def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tmp_path):
+    """The staged workflow: ``eimf train`` -> ``eimf label --model out/ibim`` (k-means + the
+    tiny random Llama in 1 Ray Data actor + MiniLM) -> ``eimf train --labels``."""
+    import pyarrow.parquet as pq
     import yaml
 
     from distrec.data.storage import open_split, open_table
+    from distrec.interests.config import SelectionConfig
+    from distrec.interests.typical_users import select_from_model
 
     job = {"data": {"task": "generative", "prepared_dir": prepared.prepared_dir},
            "ray": {"num_workers": 2, "storage_path": str(tmp_path / "runs")},
            "eimf": {"backbone": {"dim": 16, "max_len": 10}, "loss": {"sampler": "full"},
-                    "train": {"batch_size": 32, "epochs": 1}, "eval": {"ks": [5, 20]}},
+                    "train": {"batch_size": 32, "epochs": 1}, "eval": {"ks": [5, 20]},
+                    "selection": {"n_clusters": 2, "per_cluster": 3},
+                    "label": {"model": "tiny", "num_actors": 1, "max_new_tokens": 8, "keep_dropped": True}},
            "out_dir": str(tmp_path / "out")}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     res = CliRunner().invoke(eimf_app, ["train", "--config", str(tmp_path / "job.yaml"), "eimf.train.epochs=2"])
@@ -263,6 +270,33 @@ def test_cli_train_writes_artefact(ray_local, prepared, tmp_path):
     test = open_split(Path(prepared.prepared_dir), "test")
     again = evaluate_retrieval(model, test, open_table(Path(prepared.prepared_dir), "items"), EimfEvalConfig(ks=[5, 20]))
     assert again["recall@20"] == pytest.approx(shown["recall@20"]) and again["n"] == test.num_rows
+
+    res = CliRunner().invoke(eimf_app, ["label", "--config", str(tmp_path / "job.yaml"), "--model", str(tmp_path / "out" / "ibim")])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout[res.stdout.rindex("{\n"):])
+    train = open_split(Path(prepared.prepared_dir), "train")
+    expected = select_from_model(model, train, open_table(Path(prepared.prepared_dir), "items"),
+                                 SelectionConfig(n_clusters=2, per_cluster=3))
+    chosen = pq.read_table(tmp_path / "out" / "typical_users.parquet")
+    assert chosen.equals(expected.to_table()) and info["selected_users"] == 6
+    labels = pq.read_table(info["labels"])
+    assert labels.num_rows == 6 and set(labels.column("model").to_pylist()) == {"tiny"}  # keep_dropped: every user
+    assert info["llm_calls"] == 6 + info["retried"] and info["parsed"] + info["dropped"] == 6
+    assert json.loads((tmp_path / "out" / "labelling.json").read_text())["llm_calls"] == info["llm_calls"]
+
+    res = CliRunner().invoke(eimf_app, ["train", "--config", str(tmp_path / "job.yaml"), "--labels", info["labels"]])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "eimf" / "report.json").is_file()
+
+
+def test_cli_label_names_a_missing_model(prepared, tmp_path):
+    import yaml
+
+    job = {"data": {"task": "generative", "prepared_dir": prepared.prepared_dir}, "out_dir": str(tmp_path / "out")}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    res = CliRunner().invoke(eimf_app, ["label", "--config", str(tmp_path / "job.yaml"), "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope: not an EIMF artefact" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -56,6 +56,23 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path)
 
 
+def write_parquet_file(table: pa.Table, path: str | Path) -> Path:
+    """Write one standalone Parquet file so readers see the old file or the whole new one.
+
+    The table goes to a hidden temporary name in the same folder, then ``os.replace`` moves it
+    into place; a failed write leaves no partial ``path`` behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        _write_parquet(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -164,8 +164,11 @@ class ItemIndex:
             raise ValueError("item_ids must be unique")
         self.item_ids = ids
         self.dim = vecs.shape[1]
-        self._index = faiss.IndexFlatL2(self.dim)
-        self._index.add(vecs)
+        from distrec.eval.faiss_gpu import on_gpus_if_any
+
+        index = faiss.IndexFlatL2(self.dim)
+        index.add(vecs)
+        self._index = on_gpus_if_any(index)
         self.titles = _title_map(ids, titles)
 
     def __len__(self) -> int:

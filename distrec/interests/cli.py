@@ -1,4 +1,4 @@
-"""``distrec eimf``: train IBIM (+ ESIM) under Ray Train, or run the whole EIMF comparison.
+"""``distrec eimf``: train IBIM (+ ESIM) under Ray Train, label typical users, or run the whole EIMF comparison.
 
 ``eimf_app`` is a Typer sub-app; ``distrec/cli.py`` mounts it as ``distrec eimf``. Errors
 distrec raises on purpose (bad key, missing file, bad data) print one line and exit 2.
@@ -44,6 +44,23 @@ def train(
         _fail(exc)
     typer.echo(json.dumps({"artefact": report["artefact"], "steps": report["train"]["steps"],
                            "loss": report["train"]["loss"], **report["test"]}, indent=2, default=float))
+
+
+@eimf_app.command()
+def label(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    model: Path = typer.Option(..., "--model", "-m", help="A trained backbone folder, e.g. <out_dir>/ibim from `eimf train`."),
+) -> None:
+    """Pick the backbone's typical users and have the LLM name their interests -> out_dir/labels.parquet."""
+    from distrec.interests.pipeline import load_eimf_job, run_label
+
+    try:
+        job = load_eimf_job(config, overrides or [])
+        info = run_label(job, model)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"labels": str(Path(job.out_dir) / "labels.parquet"), **info}, indent=2, default=float))
 
 
 @eimf_app.command()

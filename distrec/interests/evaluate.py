@@ -57,11 +57,14 @@ def item_matrix(model) -> np.ndarray:
 
 
 def build_index(items: np.ndarray):
+    """Exact inner-product index over ``items`` [N, d] (on the GPUs when faiss-gpu sees any)."""
     import faiss
+
+    from distrec.eval.faiss_gpu import on_gpus_if_any
 
     index = faiss.IndexFlatIP(items.shape[1])
     index.add(np.ascontiguousarray(items, dtype=np.float32))
-    return index
+    return on_gpus_if_any(index)
 
 
 def _exclusion_mask(cand: np.ndarray, exclude: Sequence[np.ndarray] | None) -> np.ndarray:

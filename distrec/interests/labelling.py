@@ -397,8 +397,6 @@ def label_typical_users(
     Must run with Ray initialised. Dropped users are left out of the table unless
     ``cfg.keep_dropped``.
     """
-    import pyarrow.parquet as pq
-
     cfg = cfg or LabelConfig()
     started = time.perf_counter()
     prompts = build_prompts(selection, samples_table, items_table, cfg)
@@ -426,9 +424,9 @@ def label_typical_users(
         schema=LABELS_SCHEMA,
     )
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, out_path)
+        from distrec.data.storage import write_parquet_file
+
+        write_parquet_file(table, out_path)
     stats = LabelStats(
         n_users=len(parsed),
         parsed=int(parsed.sum()),

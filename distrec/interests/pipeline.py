@@ -121,9 +121,12 @@ def run_train(job: EimfJobConfig, labels_path: str | Path | None = None) -> dict
 def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, encoder=None) -> tuple[pa.Table, dict]:
     """Typical users (k-means on ``model``'s interests) -> LLM labels -> phrase vectors.
 
-    ``generate_fn`` / ``encoder`` replace the LLM / ``job.encoder`` (see
+    Writes ``typical_users.parquet`` and ``labels.parquet`` in ``job.out_dir`` (each whole or
+    not at all). ``generate_fn`` / ``encoder`` replace the LLM / ``job.encoder`` (see
     :func:`~distrec.interests.labelling.label_typical_users`)."""
+    from distrec.data.storage import write_parquet_file
     from distrec.interests.labelling import label_typical_users
+    from distrec.interests.train import SemanticBank
     from distrec.interests.typical_users import select_from_model
     from distrec.retrieval.encoders import make_encoder
 
@@ -131,7 +134,7 @@ def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, enc
     cfg = job.eimf
     t0 = time.perf_counter()
     selection = select_from_model(model, data.train, data.items, cfg.selection)
-    pq.write_table(selection.to_table(), out / "typical_users.parquet")
+    write_parquet_file(selection.to_table(), out / "typical_users.parquet")
     select_s = time.perf_counter() - t0
     encoder = encoder or make_encoder(job.encoder).encode
     labels, stats = label_typical_users(selection, data.train, data.items, encoder, cfg.label,
@@ -143,15 +146,34 @@ def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, enc
         "llm_calls": stats.n_users + stats.retried,  # one generation per prompt, one more per retry
         "labelled_users": labels.num_rows,
         "mean_interests": float(sum(map(len, labels.column("interests").to_pylist())) / max(labels.num_rows, 1)),
-        "typical_train_fraction": 0.0,
+        "typical_train_fraction": float(SemanticBank(labels).typical(data.train.column("user_id").to_numpy()).mean()),
     }
     return labels, info
+
+
+def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, encoder=None) -> dict:
+    """``distrec eimf label``: a trained backbone's typical users, labelled by the LLM.
+
+    The staged alternative to :func:`run_experiment`: ``eimf train`` -> ``eimf label --model
+    <out>/ibim`` (run once, e.g. on a GPU node) -> ``eimf train --labels <out>/labels.parquet``
+    as often as needed. Returns the labelling statistics (also in ``labelling.json``)."""
+    from distrec.interests.ray_train import load_eimf, loopback_env
+    from distrec.train.launcher import init_ray
+
+    loopback_env(job.ray)
+    model, _, _ = load_eimf(model_path, heads=False)
+    data = load_data(job)
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    init_ray(job.ray)
+    _, info = label_stage(job, model, data, generate_fn, encoder)
+    info["model"] = str(model_path)
+    (Path(job.out_dir) / "labelling.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    return info
 
 
 def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
     """All stages (module doc); returns and writes ``results.json`` + ``results.md`` in ``out_dir``."""
     from distrec.interests.ray_train import loopback_env
-    from distrec.interests.train import SemanticBank
     from distrec.train.launcher import init_ray
 
     started = time.perf_counter()
@@ -164,7 +186,6 @@ def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
     init_ray(job.ray)
     ibim, ibim_report = train_stage(job, data, None, "ibim")
     labels, label_info = label_stage(job, ibim, data, generate_fn, encoder)
-    label_info["typical_train_fraction"] = float(SemanticBank(labels).typical(data.train.column("user_id").to_numpy()).mean())
     _, eimf_report = train_stage(job, data, labels, "eimf")
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

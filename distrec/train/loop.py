@@ -226,11 +226,10 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
 
 def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.table(columns), tmp)
-    tmp.replace(path)
+    from distrec.data.storage import write_parquet_file
+
+    write_parquet_file(pa.table(columns), path)
 
 
 def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -> dict:
@@ -269,8 +268,8 @@ def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _write_partition_report(strategy, module, folder: Path) -> None:
-    """Per rank: how much of each parameter this rank holds (ZeRO-3 partitioning evidence)."""
-    rows = {name: strategy.local_numel(p) for name, p in module.named_parameters()}
+    """Per rank and parameter: [elements held here, full size, dtype] (ZeRO-3 partitioning and precision evidence)."""
+    rows = {name: [*strategy.local_numel(p), str(p.dtype).removeprefix("torch.")] for name, p in module.named_parameters()}
     folder.mkdir(parents=True, exist_ok=True)
     report = {"rank": strategy.rank, "world_size": strategy.world_size, "params": rows}
     (folder / f"partition_rank{strategy.rank}.json").write_text(json.dumps(report))
