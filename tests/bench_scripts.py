@@ -1,4 +1,4 @@
-"""Load a script of jobs/bench as a module, so tests call its main() in-process."""
+"""Load a script of jobs/bench or jobs/experiments as a module, so tests call it in-process."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[1] / "jobs" / "bench"
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
-def load_bench(name: str) -> ModuleType:
-    """``jobs/bench/<name>.py`` as a fresh module named ``name``."""
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+def load_bench(name: str, folder: str = "bench") -> ModuleType:
+    """``jobs/<folder>/<name>.py`` as a fresh module named ``name``."""
+    spec = importlib.util.spec_from_file_location(name, JOBS / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
