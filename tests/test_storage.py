@@ -130,6 +130,25 @@ def test_failed_overwrite_preserves_existing_target(tmp_path, monkeypatch):
     assert storage.verify(out) == old
 
 
+def test_single_parquet_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "labels.parquet"
+    assert storage.write_parquet_file(_ctr(3), path) == path
+    assert pq.read_table(path).equals(_ctr(3))
+    storage.write_parquet_file(_ctr(5), path)
+    assert pq.read_table(path).equals(_ctr(5))
+    real = storage._write_parquet
+
+    def half_then_fail(table, target):
+        real(table.slice(0, 1), target)  # a partial file exists under the temporary name
+        raise Boom(f"disk full writing {target}")
+
+    monkeypatch.setattr(storage, "_write_parquet", half_then_fail)
+    with pytest.raises(Boom):
+        storage.write_parquet_file(_ctr(9), path)
+    assert pq.read_table(path).equals(_ctr(5))
+    assert [p.name for p in path.parent.iterdir()] == ["labels.parquet"]  # no temporary left
+
+
 def test_existing_target_needs_overwrite(tmp_path):
     out = tmp_path / "prep"
     _write(out)
