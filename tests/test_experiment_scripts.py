@@ -20,9 +20,12 @@ def test_pick_rows_keeps_table_order_and_names_bad_numbers():
         table_runs.pick_rows(ROWS, "4,0,2")
 
 
+def _metrics(r: float) -> dict:
+    return {"recall@20": r, "ndcg@20": r / 4, "recall@50": 2 * r, "ndcg@50": r / 2}
+
+
 def _result(ibim: float, eimf: float, calls: int) -> dict:
-    metrics = lambda r: {"recall@20": r, "ndcg@20": r / 4, "recall@50": 2 * r, "ndcg@50": r / 2}  # noqa: E731
-    return {"ibim": {"test": metrics(ibim)}, "eimf": {"test": metrics(eimf)},
+    return {"ibim": {"test": _metrics(ibim)}, "eimf": {"test": _metrics(eimf)},
             "labelling": {"llm_calls": calls, "llm_time_s": 10.0}, "total_wall_s": 200.0}
 
 
