@@ -20,9 +20,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) check
 	touch $(STAMP)
 
+# A cold start every time: the suite gets a fresh, empty DISTREC_HOME (fetched data, converted
+# models, prepared data), so a warm cache can never hide a missing step. pip's cache stays.
 test: setup
 	$(VENV)/bin/ruff check --select F distrec tests jobs
-	$(PY) -m pytest -q -p no:cacheprovider
+	home=$$(mktemp -d -t distrec-test-home.XXXXXX) && trap 'rm -rf "$$home"' EXIT && \
+	  DISTREC_HOME=$$home DISTREC_TEST_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider
 
 test-all: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m ""

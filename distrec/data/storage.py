@@ -12,10 +12,10 @@ Each split has ``min(num_shards, rows)`` shards (one empty shard for an empty sp
 schema survives). Shards are plain Parquet, readable by ``pyarrow.parquet.read_table`` and
 ``ray.data.read_parquet``.
 
-**Atomicity.** Everything is written into a temp sibling ``<out>.tmp-<pid>-<random>``, the
-manifest last, then the folder is moved onto ``out`` with ``os.replace``. An existing ``out``
-is only touched after the new folder is complete (moved aside, then deleted). Any exception,
-KeyboardInterrupt included, removes the temp folder, so no folder with a manifest is ever
+**Atomicity.** Everything is written into a temporary sibling folder, the manifest last, and
+published by :mod:`distrec.atomic` (which checks the manifest is there before the rename). An
+existing ``out`` is only touched after the new folder is complete. Any exception,
+KeyboardInterrupt included, removes the temporary folder, so no folder with a manifest is ever
 left half-written.
 
 **Manifest.** ``format_version``, ``created_at``, ``distrec_version``, the caller's metadata
@@ -32,8 +32,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import distrec
+from distrec import atomic
 from distrec.errors import DataError
 
 FORMAT_VERSION = 1
@@ -57,20 +56,9 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def write_parquet_file(table: pa.Table, path: str | Path) -> Path:
-    """Write one standalone Parquet file so readers see the old file or the whole new one.
-
-    The table goes to a hidden temporary name in the same folder, then ``os.replace`` moves it
-    into place; a failed write leaves no partial ``path`` behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        _write_parquet(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write one standalone Parquet file so readers see the old file or the whole new one
+    (:func:`distrec.atomic.write_file`); a failed write leaves no partial ``path`` behind."""
+    return atomic.write_file(Path(path), lambda tmp: _write_parquet(table, tmp))
 
 
 def sha256_file(path: Path) -> str:
@@ -128,43 +116,18 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
-def install_folder(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the complete ``tmp`` onto ``out``; an old ``out`` is restored if the move fails."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    if not overwrite:
-        raise DataError(f"{out} already exists (pass overwrite=True to replace it)")
-    aside = out.with_name(f"{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-    os.replace(out, aside)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(aside, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 @contextlib.contextmanager
-def staged_folder(out: Path, overwrite: bool, error: type[Exception] = DataError) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` atomically.
+def staged_folder(out: Path, overwrite: bool, error: type[Exception] = DataError,
+                  required: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` atomically
+    (:func:`distrec.atomic.staged`, which checks ``required`` before the rename).
 
     On any exception the temporary folder is removed and ``out`` is left as it was, so a failed
     or interrupted write never leaves a folder that looks complete. ``error`` is raised before
     any work when ``out`` exists and ``overwrite`` is False.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise error(f"{out} already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with atomic.staged(Path(out), required, overwrite=overwrite, exists_error=error) as tmp:
         yield tmp
-        install_folder(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_prepared(
@@ -183,7 +146,7 @@ def write_prepared(
     ``meta``: extra manifest keys (dataset, task, config, source, stats, ...).
     Raises DataError if ``out`` exists and ``overwrite`` is False (checked before any work).
     """
-    with staged_folder(Path(out), overwrite) as tmp:
+    with staged_folder(Path(out), overwrite, required=(MANIFEST,)) as tmp:
         entries = {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()}
         return write_manifest(tmp, entries, items=items, users=users, meta=meta)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distrec import config_loader
+from distrec import atomic, config_loader
 from distrec.config import DataConfig, RayConfig
 from distrec.errors import ConfigError, DataError
 from distrec.interests.config import EimfConfig
@@ -96,7 +96,7 @@ def train_stage(job: EimfJobConfig, data: EimfData, labels: pa.Table | None, sta
         "test": test,
         "eval_wall_s": time.perf_counter() - t0,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    atomic.write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
     return model, report
 
 
@@ -167,7 +167,7 @@ def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, enco
     init_ray(job.ray)
     _, info = label_stage(job, model, data, generate_fn, encoder)
     info["model"] = str(model_path)
-    (Path(job.out_dir) / "labelling.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    atomic.write_text(Path(job.out_dir) / "labelling.json", json.dumps(info, indent=2, default=float) + "\n")
     return info
 
 
@@ -199,8 +199,8 @@ def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
         "eimf": eimf_report,
         "total_wall_s": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (out / "results.md").write_text(results_markdown(results))
+    atomic.write_text(out / "results.md", results_markdown(results))
+    atomic.write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
     return results
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,11 +23,15 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from distrec import atomic
 from distrec.config import ModelConfig
 from distrec.errors import ModelError
 from distrec.paths import models_dir
 
 SMOLLM2 = "smollm2-135m"
+
+#: Files a usable model folder holds (weights may be sharded).
+MODEL_FILES = ("config.json", "model*.safetensors", "tokenizer_config.json")
 
 #: Defaults for ``model.name_or_path: tiny`` (a 2-layer Llama); ``model.tiny`` overrides them.
 TINY_DEFAULTS = dict(
@@ -81,8 +83,6 @@ def convert_gguf(gguf: Path) -> Path:
     """
     digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
     target = models_dir() / f"{gguf.stem}-{digest}-v2"  # v2: saved without GGUF quantization_config
-    if (target / "config.json").is_file():
-        return target
 
     def write(tmp: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -92,10 +92,10 @@ def convert_gguf(gguf: Path) -> Path:
                 delattr(config, leftover)
         fresh = type(loaded)(config)
         fresh.load_state_dict(loaded.state_dict())
-        fresh.save_pretrained(tmp, safe_serialization=True)
+        save_checkpoint(fresh, tmp)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
 
-    return _install_atomically(target, write)
+    return atomic.ensure_folder(target, write, MODEL_FILES, f"converted model of {gguf}")
 
 
 def materialize_tiny(cfg: ModelConfig) -> Path:
@@ -108,39 +108,41 @@ def materialize_tiny(cfg: ModelConfig) -> Path:
     kwargs = {**TINY_DEFAULTS, **cfg.tiny}
     digest = hashlib.sha256(repr(sorted(kwargs.items())).encode()).hexdigest()[:10]
     target = models_dir() / f"tiny-{digest}"
-    if (target / "config.json").is_file():
-        return target
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(ModelConfig(name_or_path=SMOLLM2)))
-    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **kwargs)
-    fork = torch.random.fork_rng()
-    with fork:
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
 
     def save(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(ModelConfig(name_or_path=SMOLLM2)))
+        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **kwargs)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+        save_checkpoint(model, tmp)
         tokenizer.save_pretrained(tmp)
 
-    return _install_atomically(target, save)
+    return atomic.ensure_folder(target, save, MODEL_FILES, "tiny model")
 
 
-def _install_atomically(target: Path, write) -> Path:
-    """Run ``write(tmp)`` into a temporary sibling, then rename it to ``target``.
+def save_checkpoint(model, folder: Path) -> None:
+    """Write ``model``'s config, generation config and weights (one safetensors file) to ``folder``.
 
-    A crash leaves no folder that looks complete; a concurrent writer that finished first wins.
+    Unlike ``save_pretrained``, this writes on every process: transformers skips the files on
+    ranks other than 0 whenever ``torch.distributed`` is initialised, which would leave a
+    rank's folder without weights. Tied tensors are stored once, under their first name in
+    ``state_dict`` order (the input embedding), as ``save_pretrained`` does.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    from safetensors.torch import save_file
+
+    seen: set[tuple] = set()
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = tensor.detach().contiguous()
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    save_file(tensors, str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
 
 
 def tokenizer_dir(cfg: ModelConfig) -> Path:

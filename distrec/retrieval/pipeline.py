@@ -173,7 +173,7 @@ def build_retrieval(
 
     tasks = shard_tasks(src, manifest, n_actors, cfg.batch_size)
     meta = {k: manifest[k] for k in _KEEP_META if k in manifest}
-    with storage.staged_folder(out, overwrite) as tmp:
+    with storage.staged_folder(out, overwrite, required=(storage.MANIFEST,)) as tmp:
         for name in manifest["splits"]:
             (tmp / name).mkdir()
         t0 = time.perf_counter()

@@ -2,8 +2,9 @@
 
 prepared samples (``data``) -> retrieval-augmented samples (``subr``, ReLLaX SUBR) ->
 the frozen CRM (``crm``, DIN; read by SPA and CFLoRA). Each is a folder keyed by a hash of
-the settings that determine it, written atomically, and reused when complete, so
-``distrec train`` runs every stage it lacks and none twice.
+the settings that determine it, published by :mod:`distrec.atomic`, built under a lock (so
+concurrent drivers build it once) and reused when complete, so ``distrec train`` runs every
+stage it lacks and none twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from distrec import paths
+from distrec import atomic, paths
 from distrec.config import JobConfig
 from distrec.data import storage
 
@@ -31,8 +32,11 @@ def ensure_prepared(job: JobConfig, data=None) -> Path:
 
     data = data or job.data
     out = Path(data.prepared_dir) if data.prepared_dir else default_out(data)
-    if not is_prepared(out, data):
-        out, _ = prepare(data, out=out)
+    if is_prepared(out, data):
+        return out
+    with atomic.lock(out):  # concurrent drivers: one prepares, the others wait and reuse
+        if not is_prepared(out, data):
+            out, _ = prepare(data, out=out)
     return out
 
 
@@ -72,9 +76,12 @@ def ensure_retrieval(job: JobConfig, prepared: Path) -> Path:
     from distrec.retrieval.pipeline import build_retrieval
 
     out = retrieval_dir(job, prepared)
-    if not _retrieval_is_current(out, job, prepared):
-        build_retrieval(prepared, out, subr_config(job), n_actors=job.ray.data_actors, overwrite=out.exists(),
-                        extra_meta={"key": subr_key(job)})
+    if _retrieval_is_current(out, job, prepared):
+        return out
+    with atomic.lock(out):
+        if not _retrieval_is_current(out, job, prepared):
+            build_retrieval(prepared, out, subr_config(job), n_actors=job.ray.data_actors, overwrite=out.exists(),
+                            extra_meta={"key": subr_key(job)})
     return out
 
 
@@ -105,15 +112,18 @@ def crm_dir(job: JobConfig) -> Path:
 
 def ensure_crm(job: JobConfig) -> Path:
     """A trained DIN folder for this job: reused when present, else trained on the full split."""
-    from distrec.model.crm.train_din import WEIGHTS, train_din
+    from distrec.model.crm.train_din import REQUIRED, train_din
 
     out = crm_dir(job)
-    if (out / WEIGHTS).is_file():
+    if atomic.is_complete(out, REQUIRED):
         return out
     source = ensure_prepared(job, full_data(job))
     if job.crm.history == "retrieved":
         source = ensure_retrieval(job, source)
-    metrics = train_din(source, din_config(job), out_dir=out, overwrite=out.exists())
+    with atomic.lock(out):
+        if atomic.is_complete(out, REQUIRED):
+            return out
+        metrics = train_din(source, din_config(job), out_dir=out, overwrite=out.exists())
     test = metrics.get("test") or {}
     print(f"CRM (DIN) trained on {metrics['train_samples']} samples in {metrics['seconds']:.0f} s: "
           f"test AUC {test.get('auc', float('nan')):.4f} -> {out}", flush=True)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from distrec import atomic
 from distrec.data import storage
 from distrec.errors import DataError, ModelError
 from distrec.eval.ctr_metrics import ctr_metrics
@@ -38,6 +39,8 @@ from distrec.model.crm.din import DIN, DinConfig
 WEIGHTS = "din.safetensors"
 CONFIG = "din_config.json"
 METRICS = "metrics.json"
+#: Files a complete DIN folder holds.
+REQUIRED = (WEIGHTS, CONFIG)
 
 
 def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +141,7 @@ def _json_safe(x: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    atomic.write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
@@ -146,7 +149,7 @@ def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = N
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    with storage.staged_folder(out, overwrite, error=ModelError) as tmp:
+    with storage.staged_folder(out, overwrite, error=ModelError, required=REQUIRED) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         _write_json(tmp / CONFIG, {"format": 1, "n_items": model.n_items, "config": dataclasses.asdict(model.config)})
@@ -160,7 +163,7 @@ def load_din(path: str | Path, device: str | torch.device = "cpu") -> DIN:
     from safetensors.torch import load_file
 
     root = Path(path)
-    if not (root / WEIGHTS).is_file() or not (root / CONFIG).is_file():
+    if not atomic.is_complete(root, REQUIRED):
         raise ModelError(f"{root}: not a DIN folder (needs {WEIGHTS} and {CONFIG})")
     meta = json.loads((root / CONFIG).read_text())
     cfg = DinConfig(**meta["config"])
