@@ -1,4 +1,4 @@
-"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``eimf``."""
+"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``compare``, ``eimf``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def data_fetch(
 
 @data_app.command("prepare")
 def data_prepare(
-    dataset: str = typer.Argument(..., help="ml-100k, ml-1m, ml-25m, bookcrossing or amazon."),
+    dataset: str = typer.Argument(..., help="ml-100k, ml-1m, ml-25m, bookcrossing, amazon (Amazon Reviews 2018) or amazon2023."),
     task: str = typer.Option("ctr", help="ctr or generative."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default under $DISTREC_HOME/prepared)."),
     raw_path: Optional[Path] = typer.Option(None, help="Folder with the dataset's official raw files."),
@@ -136,21 +136,50 @@ def crm_train(
 
 @app.command("eval")
 def evaluate(
-    run: Path = typer.Option(..., "--run", help="A run's distrec folder (<storage>/<run_name>/distrec)."),
+    run: str = typer.Option(..., "--run", help="A run's distrec folder (<storage>/<run_name>/distrec), "
+                            "a local path or a URI such as s3://bucket/prefix/<run_name>/distrec."),
     split: str = typer.Option("test", help="Split to evaluate."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
     """Re-evaluate a saved run's exported adapter on a split."""
     from distrec.config import load_job_config
+    from distrec.errors import ConfigError
+    from distrec.storage_uri import local_copy, locate
     from distrec.train.launcher import run_job
 
     try:
         if split != "test":
             raise DistrecError("eval: only --split test is supported for saved runs so far")
-        job = load_job_config(run / "config_train.yaml", overrides or [])
+        config = locate(run) / "config_train.yaml"
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        with local_copy(config) as path:
+            job = load_job_config(path, overrides or [])
         run_job(job, mode="eval", run_dir=run)
     except DistrecError as exc:
         _fail(exc)
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="Run A: a folder with predictions_<split>.parquet (a run's distrec "
+                                 "folder, its parent, or an EIMF stage folder such as <out_dir>/ibim)."),
+    run_b: Path = typer.Argument(..., help="Run B, the same kind of folder; Δ = B − A."),
+    split: str = typer.Option("test", help="Split whose per-row results to compare."),
+    resamples: Optional[int] = typer.Option(None, min=1, help="Bootstrap replicates over users (default 2000, "
+                                            "distrec.eval.intervals.N_RESAMPLES)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the replicates (default 0, distrec.eval.intervals.SEED)."),
+) -> None:
+    """Paired comparison on the rows both runs scored: Δ per metric, bootstrap CI and p, DeLong for AUC."""
+    from distrec.eval import intervals
+    from distrec.eval.compare import compare_runs
+
+    try:
+        result = compare_runs(run_a, run_b, split, n_resamples=intervals.N_RESAMPLES if resamples is None else resamples,
+                              seed=intervals.SEED if seed is None else seed)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(result.markdown())
 
 
 def _eimf_app() -> typer.Typer:

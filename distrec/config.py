@@ -176,16 +176,22 @@ class RayConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    storage_path: str = "runs"
+    storage_path: str = "runs"  # a local folder or a URI: s3://bucket/prefix, gs://..., any pyarrow/fsspec scheme
     run_name: Optional[str] = None  # None -> a fresh timestamped name; same name -> resume
+    upload_every_s: float = 30.0  # URI storage: least seconds between TensorBoard uploads (also at each checkpoint)
     max_failures: int = 0
     num_to_keep: int = 2
     data_actors: int = 1
     data_actor_cpus: float = 0.5
+    # Environment of the training workers only (Ray Train's worker runtime env), e.g. a
+    # node-local DISTREC_HOME: {DISTREC_HOME: /local/nvme/distrec}
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"ray.num_workers must be >= 1, got {self.num_workers}")
+        if self.upload_every_s < 0:
+            raise ValueError(f"ray.upload_every_s must be >= 0, got {self.upload_every_s}")
 
 
 @dataclass
@@ -210,17 +216,30 @@ class CftConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation. A NaN or infinite score always stops it with an error naming the split,
+    step and first sample (``distrec.eval.finite``); nothing is silently excluded."""
+
     batch_size: int = 8
     max_samples: Optional[int] = None  # cap on validation samples during training
     # Generative task, final test only: beam search + grounding to items (HR@K, NDCG@K).
     generate: bool = False
     num_beams: int = 5
     max_new_tokens: int = 64
+    min_new_tokens: int = 4  # EOS is blocked for the first tokens, as in CFT's inference
     grounding: Literal["top_beam", "interleave"] = "top_beam"
+    # Items with the same title (after titles are told apart by year/maker, distrec.data.titles)
+    # count as one: the ranking keeps the best, a target matches any of them (the authors match
+    # by title too). false: items are matched by id and duplicates occupy ranks.
+    merge_duplicate_titles: bool = True
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
     # Hold whole weights on every rank while generating: one gather instead of one per layer
     # and decoding step (ZeRO-3). Needs the full model in memory on each rank.
     gather_for_generation: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"eval.min_new_tokens must be in 0..eval.max_new_tokens ({self.max_new_tokens}), "
+                             f"got {self.min_new_tokens}")
 
 
 @dataclass

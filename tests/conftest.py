@@ -12,8 +12,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures_data import shared_home  # noqa: E402
+from s3_server import NODE_CREDENTIALS  # noqa: E402
 
 shared_home()
+# The local Ray cluster's processes resolve S3 credentials from their own environment, as
+# real nodes do (env, ~/.aws, instance role): give them the test server's before Ray starts.
+for key, value in NODE_CREDENTIALS.items():
+    os.environ.setdefault(key, value)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")

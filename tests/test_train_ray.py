@@ -134,6 +134,25 @@ def test_gradient_accumulation_equals_a_larger_micro_batch(storage, baseline):
     assert_same_adapter(bigger, baseline, atol=1e-5, rtol=1e-4)
 
 
+def test_workers_with_an_empty_node_local_home_prepare_the_model_and_equal_the_shared_home_run(
+        storage, baseline, tmp_path):
+    """Multi-node without a shared $DISTREC_HOME: both ranks find no model folder and build the
+    converted SmolLM2 and the tiny model at the same moment, each inside its gloo group."""
+    from fixtures_data import smollm2_gguf
+
+    home = tmp_path / "node-local-home"
+    gguf = smollm2_gguf()
+    (home / "raw" / "smollm2").mkdir(parents=True)
+    (home / "raw" / "smollm2" / gguf.name).symlink_to(gguf)  # the wheel's file, as a fetch would leave it
+    run = run_job(tiny_job(storage, "nodelocal", f"ray.worker_env={{DISTREC_HOME: {home}}}"))
+    built = sorted(p.name for p in (home / "models").iterdir() if not p.name.startswith("."))
+    assert [n.split("-")[0] for n in built] == ["SmolLM2", "tiny"]
+    for name in built:
+        assert all((home / "models" / name / f).stat().st_size > 0
+                   for f in ("config.json", "model.safetensors", "tokenizer.json"))
+    assert_same_adapter(run, baseline, atol=0)
+
+
 def test_killed_worker_restarts_from_its_checkpoint_to_the_identical_adapter(storage, baseline):
     """Issue 8: SIGKILL of the last rank after step 5's update (checkpoints at 3, 6, 9, 12):
     Ray Train restarts the group from step 3, steps 4-5 run again, and the run ends exactly
@@ -182,31 +201,40 @@ def test_kill_during_a_checkpoint_copy_leaves_the_previous_one_to_resume_from(st
     assert sum(1 for _ in partial.rglob("*") if _.is_file()) < sum(1 for _ in kept.rglob("*") if _.is_file())
 
 
-def test_killed_driver_then_same_run_name_resumes_from_its_checkpoint(storage, baseline, ray_local, tmp_path):
-    """Issue 8: SIGKILL the `distrec train` driver once its first checkpoint is in storage;
-    re-running with the same run name resumes (it does not start over) and ends where the
-    uninterrupted run did. The baseline, a new name, shows no resume: never by accident."""
+def kill_driver_after_first_checkpoint(storage, name: str, ray_local, log: Path) -> None:
+    """Start `distrec train` (the tiny job, BASE settings) as a subprocess on the test cluster and
+    SIGKILL its process group once Ray Train has registered a checkpoint in ``storage`` (a local
+    folder or a URI); the driver's output goes to ``log``."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    from distrec.train.monitor import read_texts
+    from distrec.storage_uri import locate
 
-    args = [f"ray.storage_path={storage}", "ray.run_name=driverkill", *BASE]
+    args = [f"ray.storage_path={storage}", f"ray.run_name={name}", *BASE]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    log = (tmp_path / "driver.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "distrec", "train", "--config", str(TINY), *args], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distrec", "train", "--config", str(TINY), *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 600
-    snapshot = storage / "driverkill" / "checkpoint_manager_snapshot.json"  # Ray Train's record of saved checkpoints
+    snapshot = locate(storage) / name / "checkpoint_manager_snapshot.json"  # Ray Train's record of saved checkpoints
     while not (snapshot.is_file() and "checkpoint_" in snapshot.read_text()):
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_killed_driver_then_same_run_name_resumes_from_its_checkpoint(storage, baseline, ray_local, tmp_path):
+    """Issue 8: SIGKILL the `distrec train` driver once its first checkpoint is in storage;
+    re-running with the same run name resumes (it does not start over) and ends where the
+    uninterrupted run did. The baseline, a new name, shows no resume: never by accident."""
+    from distrec.train.monitor import read_texts
+
+    kill_driver_after_first_checkpoint(storage, "driverkill", ray_local, tmp_path / "driver.log")
     assert not (storage / "driverkill" / "distrec" / "metrics_train.json").exists()  # it really died mid-run
 
     resumed = run_job(tiny_job(storage, "driverkill"))

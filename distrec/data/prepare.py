@@ -8,6 +8,11 @@ an unrelated field does not force a rebuild, and :func:`is_prepared` lets caller
 
 The item and user tables written are restricted to the ids that occur in the interactions
 used (after the k-core filter, for the generative task), so they form the catalogue.
+
+Titles are cleaned here, for every dataset (:func:`distrec.data.titles.clean_titles`): markup
+is stripped, and items whose title is missing, blank or only markup/script are dropped with
+their interactions, so no worker ever meets such a title. The manifest's ``stats`` count them
+(``title_cleaning``) next to the rows the loader left out on purpose (``loader_dropped``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from distrec.errors import DataError
 
 _COMMON_FIELDS = ("dataset", "task", "split", "num_shards", "train_size", "valid_size", "test_size", "seed")
 _TASK_FIELDS = {"ctr": ("min_history", "label_threshold"), "generative": ("max_history", "kcore")}
+# Version of the title rules (distrec.data.titles) in the config key: a change re-prepares.
+TITLE_RULES = 1
 
 
 def config_key(cfg: DataConfig) -> dict[str, Any]:
@@ -40,7 +47,8 @@ def config_key(cfg: DataConfig) -> dict[str, Any]:
     if cfg.task not in _TASK_FIELDS:
         raise DataError(f"data.task must be one of {sorted(_TASK_FIELDS)}, got {cfg.task!r}")
     fields = _COMMON_FIELDS + _TASK_FIELDS[cfg.task]
-    return {"format_version": storage.FORMAT_VERSION, **{f: getattr(cfg, f) for f in fields}}
+    return {"format_version": storage.FORMAT_VERSION, "title_rules": TITLE_RULES,
+            **{f: getattr(cfg, f) for f in fields}}
 
 
 def config_hash(cfg: DataConfig) -> str:
@@ -98,7 +106,8 @@ def prepare(
     (:func:`is_prepared`) and ``overwrite`` is False, it is returned as is. Raises DataError
     when a split is empty after filtering or the output exists for another config.
     """
-    from distrec.data.loaders import label_rule, load_dataset
+    from distrec.data.loaders import dropped_rows, label_rule, load_dataset
+    from distrec.data.titles import clean_titles
 
     key = config_key(cfg)
     out = Path(out) if out is not None else default_out(cfg)
@@ -113,6 +122,8 @@ def prepare(
         bar.set_postfix_str("load")
         tables: CanonicalTables = load_dataset(cfg.dataset, raw)
         n_raw = tables.interactions.num_rows
+        loader_dropped = dropped_rows(tables)
+        tables, title_counts = clean_titles(tables)
         bar.update()
 
         bar.set_postfix_str("samples")
@@ -144,6 +155,8 @@ def prepare(
             "items": len(item_ids),
             "samples": samples.num_rows,
             "label_threshold": threshold,
+            "title_cleaning": title_counts,
+            "loader_dropped": loader_dropped,
         }
         bar.update()
 

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
+from distrec.eval.finite import require_finite
+
 PROB_EPS = 1e-7
 """Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] so LogLoss stays finite."""
 
@@ -62,6 +64,9 @@ def ctr_metrics(
     labels: Sequence[int] | np.ndarray,
     probs: Sequence[float] | np.ndarray,
     user_ids: Sequence[Any] | np.ndarray,
+    *,
+    sample_ids: Sequence[Any] | np.ndarray | None = None,
+    where: str = "",
 ) -> dict[str, float]:
     """CTR metrics for one evaluation split.
 
@@ -69,6 +74,11 @@ def ctr_metrics(
         labels: shape (n,), 0/1 ground truth.
         probs: shape (n,), predicted P(label = 1).
         user_ids: shape (n,), the user of each sample (for UAUC).
+        sample_ids: shape (n,), named in the error on a non-finite prob (else the row is).
+        where: the evaluation point for that error, e.g. "split 'valid', step 7".
+
+    Raises:
+        ModelError: a prob is NaN or infinite (:func:`distrec.eval.finite.require_finite`).
 
     Returns:
         dict with ``auc`` (NaN if a single class is present), ``uauc`` (NaN if no user
@@ -85,6 +95,7 @@ def ctr_metrics(
         )
     if y.size == 0:
         raise ValueError("ctr_metrics needs at least one sample")
+    require_finite(p, sample_ids, where=where, what="score")
     uauc, uauc_users = user_auc(y, p, users)
     return {
         "auc": _auc_or_nan(y, p),

@@ -5,6 +5,15 @@ item title (last-token final hidden state), generated titles are grounded to the
 items by L2 distance (faiss), and HR@K / NDCG@K come from the 0-based rank of the true item.
 Under ZeRO-3 every forward is a collective, so the rows and the item titles are dealt to ranks
 in equal, padded shares and ``generate`` runs with ``synced_gpus``.
+
+Catalogue titles and generated text pass through the same normal form
+(:func:`distrec.data.titles.normalise_title`; generated text first loses the response format,
+:func:`~distrec.eval.grounding.clean_title`), so a generation equal to a training response
+grounds to its item at rank 0. A beam that names no title (empty, blanks, ``""``) is never
+grounded: it ranks no item. Such beams are still embedded, so every rank runs the same forwards.
+Their share is reported next to HR/NDCG: ``empty_rate`` (of all beams) and ``empty_top_rate``
+(of top beams). A non-finite item or generation embedding stops the evaluation with an error
+naming the split and the first item or sample (:mod:`distrec.eval.finite`).
 """
 
 from __future__ import annotations
@@ -13,6 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
+from distrec.data.titles import normalise_title
+from distrec.errors import DataError, ModelError
+from distrec.eval.finite import evaluation_point, require_finite
 from distrec.eval.grounding import (
     ItemIndex,
     clean_title,
@@ -44,37 +56,100 @@ def prompt_texts(tokenizer, input_ids: Sequence, labels: Sequence) -> list[str]:
     return texts
 
 
-def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, str], *, num_beams: int = 5,
-                     max_new_tokens: int = 64, batch_size: int = 8, mode: str = "top_beam",
-                     ks: Sequence[int] = (1, 3, 5, 10, 20)) -> tuple[dict[str, float], list[str]]:
-    """HR@K / NDCG@K of grounded beam-search generations for every row of a split.
+def catalogue_names(titles: dict[int, str]) -> dict[int, str]:
+    """``{item_id: title}`` in the normal form generated text is compared in; DataError on an empty one."""
+    names = {int(i): normalise_title(t) for i, t in titles.items()}
+    empty = [i for i, t in names.items() if not t]
+    if empty:
+        raise DataError(f"grounding catalogue: item id {empty[0]} has an empty title")
+    return names
 
-    Also returns a few readable examples (this rank's first rows: top beam, grounded item,
-    target) for the run's TensorBoard text tab.
-    """
-    rank, world = strategy.rank, strategy.world_size
-    sync = {"synced_gpus": world > 1}
 
-    item_ids = np.array(sorted(titles), dtype=np.int64)
-    share, n_items = equal_share(len(item_ids), rank, world)
-    states = last_token_states(model, tokenizer, [titles[int(i)] for i in item_ids[share]], batch_size=batch_size,
+def _embed_catalogue(model, tokenizer, strategy, names: dict[int, str], batch_size: int, where: str):
+    """``(item_ids [M] sorted, vectors [M, H])``; each rank embeds an equal share, all get all."""
+    item_ids = np.array(sorted(names), dtype=np.int64)
+    share, n_items = equal_share(len(item_ids), strategy.rank, strategy.world_size)
+    states = last_token_states(model, tokenizer, [names[int(i)] for i in item_ids[share]], batch_size=batch_size,
                                add_special_tokens=False)
     parts = strategy.all_gather_object((share[:n_items].tolist(), states[:n_items]))
     order = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
     vectors = np.concatenate([p[1] for p in parts])[np.argsort(order)]
-    index = ItemIndex(item_ids, vectors, titles=titles)
+    require_finite(vectors, item_ids, where=where, what="item embedding", id_name="item id")
+    return item_ids, vectors
+
+
+def _require_finite_everywhere(strategy, vectors: np.ndarray, usable: np.ndarray, sample_ids, where: str) -> None:
+    """Raise on every rank (one gather, so no rank waits in a later collective) when any rank's
+    usable generation embeddings are not finite; ``sample_ids`` names this rank's rows."""
+    bad = usable & ~np.isfinite(vectors).all(axis=1)
+    local = (int(bad.sum()), int(usable.sum()), int(sample_ids[np.flatnonzero(bad)[0]]) if bad.any() else None)
+    parts = strategy.all_gather_object(local)
+    if any(p[0] for p in parts):
+        n_bad, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        first = next(p[2] for p in parts if p[0])
+        raise ModelError(
+            f"{where}: {n_bad} of {n} generated-title embeddings are not finite; the first is of sample id "
+            f"{first}. The model produced NaN or infinite outputs (diverged training or an overflow in low "
+            "precision); metrics over them would be meaningless"
+        )
+
+
+def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, str], *, num_beams: int = 5,
+                     max_new_tokens: int = 64, min_new_tokens: int = 4, batch_size: int = 8,
+                     mode: str = "top_beam", ks: Sequence[int] = (1, 3, 5, 10, 20),
+                     merge_duplicate_titles: bool = True, split: str = "test",
+                     step: int | None = None) -> tuple[dict[str, float], list[str], np.ndarray]:
+    """HR@K / NDCG@K of grounded beam-search generations for every row of a split.
+
+    Args:
+        titles: ``{item_id: title}``, the catalogue (normalised here).
+        min_new_tokens: passed to :func:`~distrec.eval.grounding.generate_beams` (``eval.min_new_tokens``).
+        merge_duplicate_titles: items with the same title count as one (``eval.merge_duplicate_titles``;
+            see :func:`~distrec.eval.grounding.grounded_ranks`); False matches items by id.
+        split, step: where the evaluation runs, for error messages.
+
+    Returns:
+        ``(metrics, examples, ranks)``: ``hr@k``, ``ndcg@k``, ``empty_rate``, ``empty_top_rate``
+        and ``n``; a few readable examples (this rank's first rows: top beam, grounded item,
+        target) for the run's TensorBoard text tab; and the 0-based rank of every row's target
+        (int64, in the order of ``rows``; -1 = not in the top ``max(ks)``) for per-row results.
+
+    Raises:
+        ModelError: an item or generated-title embedding is NaN or infinite.
+    """
+    rank, world = strategy.rank, strategy.world_size
+    where = evaluation_point(split, step)
+    names = catalogue_names(titles)
+    item_ids, vectors = _embed_catalogue(model, tokenizer, strategy, names, batch_size, where)
+    index = ItemIndex(item_ids, vectors, titles=names if merge_duplicate_titles else None)
 
     rows_share, n_rows = equal_share(len(rows["sample_id"]), rank, world)
     prompts = prompt_texts(tokenizer, rows["input_ids"][rows_share], rows["labels"][rows_share])
     beams = generate_beams(model, tokenizer, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, add_special_tokens=False, **sync)
+                           min_new_tokens=min_new_tokens, batch_size=batch_size, add_special_tokens=False,
+                           synced_gpus=world > 1)
     flat = [clean_title(text) for per_row in beams for text in per_row]
+    named = np.array([bool(t) for t in flat], dtype=bool)
+    real = np.repeat(np.arange(len(prompts)) < n_rows, num_beams)
     generated = last_token_states(model, tokenizer, flat, batch_size=batch_size, add_special_tokens=False)
-    rankings = index.ground(generated, k=max(ks), titles=titles)
+    _require_finite_everywhere(strategy, generated, named & real,
+                               np.repeat(rows["sample_id"][rows_share], num_beams), where)
+    rankings = index.ground(np.nan_to_num(generated), k=max(ks), dedupe=merge_duplicate_titles)
+    rankings = [ranking if ok else [] for ranking, ok in zip(rankings, named)]
     per_row = [rankings[i * num_beams:(i + 1) * num_beams] for i in range(len(prompts))][:n_rows]
     targets = rows["item_id"][rows_share][:n_rows]
-    local = grounded_ranks(per_row, targets, titles=titles, mode=mode).tolist()
-    ranks = np.array([r for part in strategy.all_gather_object(local) for r in part])
-    examples = [f"generated: {beams[i][0]!r} -> grounded: {titles[per_row[i][0][0]]!r}; "
-                f"target: {titles[int(targets[i])]!r} (rank {local[i]})" for i in range(min(4, n_rows))]
-    return {**rank_metrics(ranks, ks=tuple(ks)), "n": int(len(ranks))}, examples
+    local = grounded_ranks(per_row, targets, titles=names if merge_duplicate_titles else None, mode=mode).tolist()
+    empty = (~named).reshape(len(prompts), num_beams)[:n_rows]
+    ranks = np.full(len(rows["sample_id"]), -1, dtype=np.int64)
+    n_empty = n_empty_top = 0
+    for positions, part, beams_empty, tops_empty in strategy.all_gather_object(
+            (rows_share[:n_rows].tolist(), local, int(empty.sum()), int(empty[:, 0].sum()))):
+        ranks[positions] = part
+        n_empty, n_empty_top = n_empty + beams_empty, n_empty_top + tops_empty
+    n = int(len(ranks))
+    examples = [f"generated: {beams[i][0]!r} -> grounded: "
+                f"{names[per_row[i][0][0]] if per_row[i][0] else '(nothing: empty)'!r}; "
+                f"target: {names[int(targets[i])]!r} (rank {local[i]})" for i in range(min(4, n_rows))]
+    metrics = {**rank_metrics(ranks, ks=tuple(ks)), "empty_rate": n_empty / max(n * num_beams, 1),
+               "empty_top_rate": n_empty_top / max(n, 1), "n": n}
+    return metrics, examples, ranks

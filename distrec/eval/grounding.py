@@ -2,7 +2,7 @@
 
 Pipeline (the authors' ``embedding.py``, ``evaluate_acc.py``, ``eval_acc_2.py``)::
 
-    item_vecs = last_token_states(model, tok, [clean_title(t) for t in titles])
+    item_vecs = last_token_states(model, tok, [normalise_title(t) for t in titles])
     index     = ItemIndex(item_ids, item_vecs, titles)
     beams     = generate_beams(model, tok, prompts, num_beams=5)          # [N][5] strings
     gen_vecs  = last_token_states(model, tok, [clean_title(b) for row in beams for b in row])
@@ -23,6 +23,16 @@ by exact L2 distance. Differences from the authors' scripts, on purpose:
   title, so every item sharing the title gets that same (best) rank and duplicates do not
   push other items down. ``dedupe=False`` reproduces ``evaluate_acc.py`` exactly (full
   ranking; target rank = best rank of any item with its title; duplicates occupy ranks).
+  In a run this is the switch ``eval.merge_duplicate_titles`` (default true: merged as
+  above; false: items matched by id, duplicates occupy ranks). Titles reach grounding
+  already told apart where any field can (``distrec.data.titles.display_titles``), so the
+  switch only matters for items that no text can distinguish.
+- one normal form on both sides: the authors strip every outer ``"`` from the generated text
+  and embed the catalogue titles raw, so a title with its own quotes (``"Weird Al" …``,
+  ``Cymbal 16"``) never matches its exact response. Here the generated text loses only the
+  response format (:func:`clean_title`) and both sides pass through
+  :func:`~distrec.data.titles.normalise_title`.
+- ``min_new_tokens`` (default 4, as CFT's inference) is passed to ``generate``.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from distrec.data.prompts.generative import title_from_response
 from distrec.eval.ranking_metrics import interleave_beams
 from distrec.objectives.ctr import position_ids_for
 
@@ -41,9 +52,12 @@ GROUNDING_MODES = ("top_beam", "interleave")
 
 
 def clean_title(text: str) -> str:
-    """Strip whitespace and surrounding double quotes, as the authors do on both the
-    catalogue titles and the generated text before embedding."""
-    return text.strip().strip('"').strip()
+    """The title a generated text names, in the normal form catalogue titles are embedded in.
+
+    :func:`~distrec.data.prompts.generative.title_from_response`: the first line without the
+    response's one pair of quotes (quotes inside the title stay), normalised; "" when the
+    text names nothing (such a beam is never grounded)."""
+    return title_from_response(text)
 
 
 def _fallback_token(tokenizer) -> int:
@@ -309,6 +323,7 @@ def generate_beams(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     add_special_tokens: bool = True,
+    min_new_tokens: int = 4,
     **generate_kwargs,
 ) -> list[list[str]]:
     """Beam-search continuations: ``num_beams`` decoded strings per prompt, best first.
@@ -316,8 +331,9 @@ def generate_beams(
     Prompts are tokenised one by one and left-padded here (all prompts of a batch end in the
     last input column), so the continuation is everything after the input width; it is
     decoded with special tokens skipped (EOS/pad removed). Greedy-deterministic
-    (``do_sample=False``). Extra ``generate_kwargs`` go to ``model.generate`` (the authors
-    use ``min_new_tokens=4``, ``length_penalty=1.0``, ``max_new_tokens=128``).
+    (``do_sample=False``). ``min_new_tokens`` (default 4, as CFT's inference; in a run
+    ``eval.min_new_tokens``) keeps EOS out of the first tokens. Extra ``generate_kwargs`` go to
+    ``model.generate`` (the authors also use ``length_penalty=1.0``, ``max_new_tokens=128``).
 
     Returns:
         ``[len(prompts)][num_beams]`` strings (the raw continuation; apply
@@ -331,6 +347,7 @@ def generate_beams(
         "num_beams": num_beams,
         "num_return_sequences": num_beams,
         "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
         "do_sample": False,
         "pad_token_id": pad_id,
         "eos_token_id": tokenizer.eos_token_id,

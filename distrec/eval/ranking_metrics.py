@@ -15,8 +15,19 @@ DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20)
 
 
 def _as_rank_array(ranks: Iterable[int | None] | np.ndarray) -> np.ndarray:
-    """Ranks as an int64 array of shape (n,), with None mapped to -1 (miss)."""
-    values = [-1 if r is None else int(r) for r in ranks]
+    """Ranks as an int64 array of shape (n,), with None mapped to -1 (miss).
+
+    Raises ValueError naming the position of a rank that is not a whole number (NaN, inf, 2.5).
+    """
+    values = []
+    for pos, r in enumerate(ranks):
+        if r is None:
+            values.append(-1)
+            continue
+        as_float = float(r)
+        if not np.isfinite(as_float) or as_float != int(as_float):
+            raise ValueError(f"rank at position {pos} is {r!r}: ranks must be whole numbers (-1 = miss)")
+        values.append(int(as_float))
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 

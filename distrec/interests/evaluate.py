@@ -10,7 +10,9 @@ maximum. Optionally the user's history items are excluded (each interest then se
 
 With one target per query, Recall@K = HR@K (1 iff the target is among the top K); NDCG@K =
 1/log2(rank + 2) for a hit at 0-based rank < K. Both come from
-:func:`distrec.eval.ranking_metrics.rank_metrics`.
+:func:`distrec.eval.ranking_metrics.rank_metrics`; their 95 % intervals come from the bootstrap
+over users of :mod:`distrec.eval.intervals`, and the per-row ranks (``return_rows``) let
+``distrec compare`` pair two runs on the same samples.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from distrec.errors import DataError
+from distrec.eval.compare import ranking_predictions
+from distrec.eval.finite import require_finite
+from distrec.eval.intervals import ranking_intervals
 from distrec.eval.ranking_metrics import rank_metrics, recall_at_k
 from distrec.interests.backbones import ItemIndex
 from distrec.interests.config import EimfEvalConfig
+
+
+HIT_NAMES = ("recall", "hr")
+"""Names of the hit metric in EIMF results (Recall@K = HR@K with one target per sample)."""
 
 
 def _backbone(model):
@@ -148,12 +158,19 @@ def evaluate_retrieval(
     cfg: EimfEvalConfig | None = None,
     *,
     return_topn: bool = False,
+    return_rows: bool = False,
 ) -> dict:
     """Recall/NDCG/HR@K over the full catalogue for every sample of ``samples_table``.
 
     ``model``: an :class:`~distrec.interests.train.EimfModel`, its backbone, or a DDP wrapper;
-    only the backbone is used. Returns the metrics plus ``n``; with ``return_topn`` also
-    ``topn_item_ids`` [S, max K] and ``topn_scores``.
+    only the backbone is used. Returns the metrics, ``n``, ``ci`` (``[low, high]`` per metric)
+    and ``bootstrap`` (how the intervals were drawn, :func:`distrec.eval.intervals.ranking_intervals`);
+    with ``return_topn`` also ``topn_item_ids`` [S, max K] and ``topn_scores``; with
+    ``return_rows`` also ``rows``, the per-sample table of
+    :func:`distrec.eval.compare.ranking_predictions` (sample_id, user_id, item_id, rank).
+
+    Raises:
+        DataError: ``return_rows`` and the samples have no ``sample_id`` column.
     """
     from distrec.interests.train import encode_samples
 
@@ -162,12 +179,16 @@ def evaluate_retrieval(
     bb = _backbone(model)
     data = encode_samples(samples_table, index, bb.cfg.max_len)
     item_vecs = item_matrix(bb)
+    where = "EIMF retrieval evaluation"  # NaN/inf vectors would give arbitrary neighbours
+    require_finite(item_vecs, index.ids, where=where, what="item embedding", id_name="item id")
+    sample_ids = samples_table.column("sample_id").to_numpy() if "sample_id" in samples_table.column_names else None
     faiss_index = build_index(item_vecs)
     n = max(cfg.ks)
     tops, scores = [], []
     for s in range(0, len(data), cfg.batch_size):
         sl = slice(s, s + cfg.batch_size)
         inter = user_interests(bb, data.hist[sl], data.mask[sl], cfg.batch_size)
+        require_finite(inter, None if sample_ids is None else sample_ids[sl], where=where, what="interest set")
         exclude = None
         if cfg.exclude_history:
             exclude = [np.unique(h[m] - 1) for h, m in zip(data.hist[sl], data.mask[sl])]
@@ -178,6 +199,13 @@ def evaluate_retrieval(
     top_ids = index.item_ids(top + 1)  # positions -> rows -> ids; -1 stays -1
     targets = index.ids[data.target - 1]
     out: dict = {"n": len(data), **retrieval_metrics(top_ids, targets, cfg.ks)}
+    ranks = recall_at_k(top_ids, targets)
+    out.update(ranking_intervals(ranks, data.user_id, cfg.ks, hit_names=HIT_NAMES))
+    if return_rows:
+        if "sample_id" not in samples_table.column_names:
+            raise DataError(f"samples table: per-row results need a 'sample_id' column; found {samples_table.column_names}")
+        out["rows"] = ranking_predictions(samples_table.column("sample_id").to_numpy(), data.user_id, targets, ranks,
+                                          cfg.ks, HIT_NAMES)
     if return_topn:
         out["topn_item_ids"] = top_ids
         out["topn_scores"] = np.concatenate(scores) if scores else np.zeros((0, n), dtype=np.float32)

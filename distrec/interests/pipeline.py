@@ -79,6 +79,7 @@ def _run_name(job: EimfJobConfig, stage: str) -> str:
 
 def train_stage(job: EimfJobConfig, data: EimfData, labels: pa.Table | None, stage: str):
     """Ray Train run + test evaluation; ``(model, report)`` with the artefact in ``out_dir/stage``."""
+    from distrec.data.storage import write_parquet_file
     from distrec.interests.evaluate import evaluate_retrieval
     from distrec.interests.ray_train import train_eimf_ray
 
@@ -88,7 +89,8 @@ def train_stage(job: EimfJobConfig, data: EimfData, labels: pa.Table | None, sta
                                     name=_run_name(job, stage))
     train_wall = time.perf_counter() - started
     t0 = time.perf_counter()
-    test = evaluate_retrieval(model, data.test, data.items, job.eimf.eval)
+    test = evaluate_retrieval(model, data.test, data.items, job.eimf.eval, return_rows=True)
+    write_parquet_file(test.pop("rows"), out / "predictions_test.parquet")  # per-row results for `distrec compare`
     report = {
         "artefact": str(out),
         "train": {k: v for k, v in metrics.items() if k != "history"},
@@ -173,6 +175,7 @@ def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, enco
 
 def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
     """All stages (module doc); returns and writes ``results.json`` + ``results.md`` in ``out_dir``."""
+    from distrec.eval.environment import run_environment
     from distrec.interests.ray_train import loopback_env
     from distrec.train.launcher import init_ray
 
@@ -189,7 +192,8 @@ def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
     _, eimf_report = train_stage(job, data, labels, "eimf")
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "host": {"machine": platform.machine(), "python": platform.python_version(),
+                 **run_environment(config_loader.to_dict(job))},  # CPU, threads, versions, config hash
         "prepared": str(data.folder),
         "rows": {"train": data.train.num_rows, "test": data.test.num_rows, "items": data.items.num_rows},
         "job": config_loader.to_dict(job),

@@ -291,12 +291,13 @@ def train_eimf_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from distrec.storage_uri import locate
     from distrec.train.launcher import init_ray
 
     steps_per_epoch(samples_table.num_rows, cfg.train.batch_size, ray_cfg.num_workers)  # fail before starting workers
     init_ray(ray_cfg)
     tables = [ray.put(samples_table), ray.put(items_table), ray.put(labels_table) if labels_table is not None else None]
-    storage_path = Path(ray_cfg.storage_path).expanduser().resolve()
+    storage = locate(ray_cfg.storage_path)  # a local folder or a URI (s3://...): checkpoints go there
     run_name = name or ray_cfg.run_name or f"eimf-{time.strftime('%Y%m%d-%H%M%S')}"
     resources = {"CPU": ray_cfg.cpus_per_worker, **({"GPU": 1} if ray_cfg.use_gpu else {})}
     trainer = TorchTrainer(
@@ -306,7 +307,7 @@ def train_eimf_ray(
         scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(storage_path),
+            **storage.ray_storage(),
             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=ray_cfg.num_to_keep),
         ),

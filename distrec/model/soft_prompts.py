@@ -198,15 +198,16 @@ class SoftPromptLM(nn.Module):
 
         from safetensors.torch import save_file
 
+        from distrec import atomic
+
         params = dict(self.projector.named_parameters())
         with gathered(list(params.values())):
             if not is_rank0:
                 return None
             state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out / "projector.safetensors"))
         config = {"d_crm": self.projector.d_crm, "d_llm": self.projector.d_llm, "markers": [HIST_TOKEN, TARGET_TOKEN],
                   "placeholder_ids": self.placeholder_ids}
-        (out / "spa_config.json").write_text(json.dumps(config, indent=2))
-        return out
+        with atomic.staged(Path(out_dir), ("projector.safetensors", "spa_config.json"), overwrite=True) as tmp:
+            save_file(state, str(tmp / "projector.safetensors"))
+            (tmp / "spa_config.json").write_text(json.dumps(config, indent=2))
+        return Path(out_dir)

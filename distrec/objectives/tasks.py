@@ -101,15 +101,20 @@ class CtrTask(_Task):
                 for i in range(n_real)]
 
     @staticmethod
-    def metrics(rows: list[tuple]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def metrics(rows: list[tuple], split: str | None = None, step: int | None = None,
+                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``split``/``step`` name the evaluation point in the error a non-finite P(yes) raises."""
         from distrec.eval.ctr_metrics import ctr_metrics
+        from distrec.eval.finite import evaluation_point
 
         table = np.array(sorted(rows), dtype=object)
         columns = {
             "sample_id": table[:, 0].astype(np.int64), "user_id": table[:, 1].astype(np.int64),
             "label": table[:, 2].astype(np.int8), "p_yes": table[:, 3].astype(np.float32),
         }
-        return ctr_metrics(columns["label"], columns["p_yes"], columns["user_id"]), columns
+        metrics = ctr_metrics(columns["label"], columns["p_yes"], columns["user_id"],
+                              sample_ids=columns["sample_id"], where=evaluation_point(split, step))
+        return metrics, columns
 
 
 class GenerativeTask(_Task):
@@ -182,8 +187,14 @@ class GenerativeTask(_Task):
         return [(int(batch["sample_id"][0]), float(sums["ln_sum"]), float(sums["weight_sum"]),
                  float(sums["ln_plain_sum"]), float(sums["tokens"]))]
 
-    def metrics(self, rows: list[tuple]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def metrics(self, rows: list[tuple], split: str | None = None, step: int | None = None,
+                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A non-finite batch loss raises, naming ``split``/``step`` and the batch's first sample."""
+        from distrec.eval.finite import evaluation_point, require_finite
+
         table = np.array(sorted(rows), dtype=np.float64).reshape(-1, 5)
+        require_finite(table[:, [1, 3]], table[:, 0].astype(np.int64), where=evaluation_point(split, step),
+                       what="batch evaluation loss", id_name="batch starting at sample id")
         if self.cft.weight_both:
             loss = table[:, 1].sum() / max(table[:, 2].sum(), 1e-12)
         else:

@@ -10,7 +10,9 @@ wording, built only from the canonical ``items`` columns (``distrec.data.schema.
   (the ISBN is left out: an opaque code only adds noise to a semantic encoder);
 - anything else (Amazon): ``"Item: <title>. Categories: a, b."``.
 
-Missing fields are simply omitted, never rendered as "None".
+Missing fields are simply omitted, never rendered as "None". :func:`item_texts` writes each
+item's title as :func:`distrec.data.titles.display_titles` does for prompts, so items whose
+titles collide stay apart ("Item: USB Cable (Anker).") and every path names an item alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from distrec.data.titles import display_titles
 from distrec.errors import DataError
 
 ItemKind = Literal["movie", "book", "item"]
@@ -97,7 +100,10 @@ def item_text(row: Mapping[str, Any], kind: ItemKind = "item", genres: Literal["
 def item_texts(
     items: pa.Table, dataset: str | None = None, genres: Literal["all", "first"] = "all"
 ) -> tuple[np.ndarray, list[str]]:
-    """``(item_ids int64 [n], texts)`` for every row of the ``items`` table, in item_id order."""
+    """``(item_ids int64 [n], texts)`` for every row of the ``items`` table, in item_id order.
+
+    Titles are the display titles (:func:`distrec.data.titles.display_titles`).
+    """
     if "item_id" not in items.column_names or "title" not in items.column_names:
         raise DataError(f"items table: needs item_id and title columns; found {items.column_names}")
     kind = item_kind(dataset)
@@ -107,5 +113,6 @@ def item_texts(
     if ids.size and np.any(np.diff(ids[order]) == 0):
         dup = ids[order][np.flatnonzero(np.diff(ids[order]) == 0)[0]]
         raise DataError(f"items table: item_id {dup} occurs more than once")
-    texts = [item_text(rows[i], kind, genres) for i in order]
+    shown = display_titles(items)
+    texts = [item_text({**rows[i], "title": shown[int(ids[i])]}, kind, genres) for i in order]
     return ids[order], texts

@@ -4,7 +4,8 @@ The same entry point runs locally (it starts a loopback-only Ray) and under
 ``ray job submit --working-dir . -- distrec train ...`` (it joins the cluster in $RAY_ADDRESS).
 Re-running with the same ``ray.run_name`` and ``ray.storage_path`` resumes that run from its
 latest checkpoint; a run without a name gets a fresh timestamped one, so nothing resumes by
-accident.
+accident. ``ray.storage_path`` may be a local folder or a URI (``s3://bucket/prefix``, see
+:mod:`distrec.storage_uri`); the run's outputs go to ``<storage>/<run_name>/distrec`` either way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from distrec.config import JobConfig, RayConfig
 from distrec.config_loader import to_dict
+from distrec.storage_uri import Location, locate
 
 # Keep every Ray and torch.distributed socket on loopback in local mode.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu"}
@@ -26,9 +28,9 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": 
 
 @dataclass
 class RunResult:
-    run_dir: Path  # distrec's outputs: tensorboard/, adapter/, predictions, report.md
+    run_dir: Path | str  # distrec's outputs: tensorboard/, adapter/, predictions, report.md (a URI str off local disk)
     metrics: dict
-    report: Path | None
+    report: Path | str | None
     elapsed_s: float
 
 
@@ -83,12 +85,37 @@ def check_gpus(cfg: RayConfig) -> None:
                           f"cluster has {have}; set ray.use_gpu=false or run on a GPU cluster")
 
 
+def check_storage(job: JobConfig, storage: Location) -> None:
+    """Fault injection and consumption records keep marker and record files on local disk, so
+    they need a local ``ray.storage_path``."""
+    t = job.train
+    keys = [k for k, on in (("train.kill_at_steps", t.kill_at_steps),
+                            ("train.kill_in_checkpoint_at_steps", t.kill_in_checkpoint_at_steps),
+                            ("train.record_samples", t.record_samples)) if on]
+    if keys and not storage.is_local:
+        from distrec.errors import ConfigError
+
+        raise ConfigError(f"{', '.join(keys)} need a local ray.storage_path (their files stay on local disk); "
+                          f"got {storage.uri}")
+
+
+def check_complete(run: Location) -> None:
+    """``distrec eval`` reads a finished run only: its ``metrics_train.json`` is published last."""
+    if not (run / "metrics_train.json").is_file():
+        from distrec.errors import ModelError
+
+        raise ModelError(f"{run.uri}: no metrics_train.json, so the run has not finished (or is not a run's "
+                         "distrec folder, <storage>/<run_name>/distrec); finish it with the same ray.run_name first")
+
+
 def run_name(job: JobConfig) -> str:
     return job.ray.run_name or f"{job.data.dataset}-{job.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) -> RunResult:
-    """Prepare data, train (or only evaluate) under Ray Train, write the report."""
+def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = None) -> RunResult:
+    """Prepare data, train (or only evaluate) under Ray Train, write the report.
+
+    ``run_dir``: for ``mode="eval"``, the run's distrec folder (local path or URI)."""
     started = time.perf_counter()
     if job.ray.address is None and not os.environ.get("RAY_ADDRESS"):
         # Must precede Ray's import: Ray reads these when it decides which address to advertise.
@@ -103,12 +130,18 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     from ray.train.torch import TorchTrainer
 
     from distrec.data import storage as data_storage
-    from distrec.eval.report import format_summary, write_report
+    from distrec.eval.report import format_summary, publish_report
     from distrec.train.artefacts import ensure_crm, ensure_prepared, ensure_retrieval
     from distrec.model.backbone import tokenizer_dir
     from distrec.train.data_stream import tokenized_splits
     from distrec.train.loop import train_worker
 
+    storage = locate(job.ray.storage_path)
+    check_storage(job, storage)
+    run = storage / run_name(job) / "distrec" if run_dir is None else locate(run_dir)
+    if mode == "eval":
+        check_complete(run)
+    name = run.parent.name
     prepared = ensure_prepared(job)
     manifest = data_storage.verify(prepared)  # a truncated or edited shard fails here, named, not inside a Ray task
     if mode == "train":
@@ -119,17 +152,13 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     if job.subr.enabled:
         prepared = ensure_retrieval(job, prepared)
     crm = str(ensure_crm(job)) if job.needs_crm else None
-    storage = Path(job.ray.storage_path).expanduser().resolve()
-    name = run_name(job) if run_dir is None else Path(run_dir).parent.name
-    run_dir = storage / name / "distrec" if run_dir is None else Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / f"config_{mode}.yaml").write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
+    (run / f"config_{mode}.yaml").write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
 
     splits = ["train", "valid", "test"] if mode == "train" else ["test"]
     datasets = tokenized_splits(job, prepared, splits)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "mode": mode, "splits": splits,
+        train_loop_config={"job": to_dict(job), "run": run, "mode": mode, "splits": splits,
                            "prepared_dir": str(prepared), "crm_dir": crm},
         scaling_config=ScalingConfig(
             num_workers=job.ray.num_workers,
@@ -138,9 +167,10 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
         ),
         run_config=RunConfig(
             name=name if mode == "train" else f"{name}-eval-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(storage),
+            **storage.ray_storage(),
             failure_config=FailureConfig(max_failures=job.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.ray.num_to_keep),
+            worker_runtime_env={"env_vars": dict(job.ray.worker_env)} if job.ray.worker_env else None,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -148,22 +178,23 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: Path | None = None) ->
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    metrics_file = run_dir / f"metrics_{mode}.json"
+    run_dir = Path(run.path) if run.is_local else run.uri
+    metrics_file = run / f"metrics_{mode}.json"
     if not metrics_file.is_file():  # paused by train.stop_at_step: checkpoint written, no evaluation yet
         print(f"run {name} paused at step {job.train.stop_at_step}; run again with ray.run_name={name} to continue")
         return RunResult(run_dir=run_dir, metrics={}, report=None, elapsed_s=time.perf_counter() - started)
     metrics = json.loads(metrics_file.read_text())
     paths = {
-        "predictions": str(run_dir / "predictions_test.parquet"),
-        "adapter": str(run_dir / "adapter"),
+        "predictions": str(run / "predictions_test.parquet"),
+        "adapter": str(run / "adapter"),
         "checkpoints": str(storage / name),
         "prepared data": str(prepared),
         **({"crm": crm} if crm else {}),
-        "tensorboard": str(run_dir / "tensorboard"),
+        "tensorboard": str(run / "tensorboard"),
     }
     summary = {f"{split}.{k}": v for split, m in metrics.items() for k, v in m.items()}
     elapsed = time.perf_counter() - started
     summary["wall_time_s"] = elapsed
-    report = write_report(run_dir, run_dir / "tensorboard", summary, paths)
+    report = publish_report(run, summary, paths)
     print(format_summary(summary, paths), flush=True)
     return RunResult(run_dir=run_dir, metrics=metrics, report=report, elapsed_s=elapsed)

@@ -19,15 +19,26 @@ import torch
 from tqdm import tqdm
 
 from distrec.config import JobConfig, job_config_from_dict
+from distrec.storage_uri import Staging, locate
 from distrec.train import faults
-from distrec.train.checkpoint import TrainState, load_selected, restore, save_and_report, save_selected
+from distrec.train.checkpoint import SELECTED, TrainState, load_selected, restore, save_and_report, save_selected
 from distrec.train.data_stream import eval_batches, load_rows, train_micro_batches
 from distrec.train.step_timer import StepTimer
 from distrec.train.strategy import steps_per_epoch
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` for Ray Train. ``loop_config``: job (dict), run_dir, mode."""
+    """``train_loop_per_worker`` for Ray Train. ``loop_config``: job (dict), run (a
+    :class:`~distrec.storage_uri.Location`), mode, splits, prepared_dir, crm_dir.
+
+    Every rank writes into a :class:`~distrec.storage_uri.Staging` folder (the run folder itself
+    on local disk); off local disk rank 0 uploads TensorBoard events while training and all
+    outputs at the end, ``metrics_<mode>.json`` last."""
+    with Staging(loop_config["run"]) as staging:
+        _train_worker(loop_config, staging)
+
+
+def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     import ray.train
 
     from distrec.model.adapters import make_adapter
@@ -37,7 +48,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from distrec.train.strategy import DeepSpeedStrategy
 
     job = job_config_from_dict(loop_config["job"])
-    run_dir = Path(loop_config["run_dir"])
+    run_dir = staging.local
     mode = loop_config.get("mode", "train")
     strategy = DeepSpeedStrategy(job.deepspeed, job.train, job.ray.use_gpu)
     torch.manual_seed(job.train.seed)  # identical adapter initialisation on every rank
@@ -58,7 +69,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     total_steps = per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, per_epoch * t.epochs)
     engine = strategy.initialize(model, max(total_steps, 1))
     _write_partition_report(strategy, engine.module, run_dir / "diagnostics")
-    monitor = Monitor(run_dir / "tensorboard", enabled=strategy.is_rank0)
+    staging.push("diagnostics")
+    monitor = Monitor(run_dir / "tensorboard", enabled=strategy.is_rank0,
+                      upload=(lambda: staging.push("tensorboard")) if staging.remote else None,
+                      upload_every_s=job.ray.upload_every_s)
     ctx = _Context(job, strategy, engine, task, monitor, run_dir)
 
     state, best = TrainState(), None
@@ -68,6 +82,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         monitor.text("events/resume", state.step, f"resumed at step {state.step} (epoch {state.epoch})")
 
     if mode == "eval":
+        staging.pull(SELECTED)
         _assign(strategy, model, load_selected(model, run_dir))
     if mode == "train":
         if per_epoch == 0:
@@ -93,9 +108,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if job.data.task == "generative" and job.eval.generate and "test" in splits:
         results["test"].update(_grounded_test_metrics(ctx, tokenizer, splits["test"], Path(loop_config["prepared_dir"])))
     if strategy.is_rank0:
-        monitor.hparams(_hparams(job), {f"hparam/{s}_{k}": v for s, m in results.items() for k, v in m.items()})
-        (run_dir / f"metrics_{mode}.json").write_text(json.dumps(results, indent=2))
+        from distrec.eval.environment import run_environment
+
+        environment = run_environment(loop_config["job"])  # host, threads, library versions, config hash
+        monitor.hparams({**_hparams(job), "config_hash": environment["config_hash"]},
+                        {f"hparam/{s}_{k}": v for s, m in results.items() for k, v in m.items()})
     monitor.close()
+    marker = f"metrics_{mode}.json"  # written and published last: its presence means "finished"
+    if strategy.is_rank0:
+        locate(run_dir / marker).write_text(json.dumps({**results, "environment": environment}, indent=2))
+    staging.publish(marker)
     final = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}
     ray.train.report({**final, "step": state.step})
 
@@ -185,6 +207,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     state.best_metric = score
                     best_state = _snapshot(ctx)
             if state.step % ckpt_every == 0 or last or paused:
+                ctx.monitor.sync()  # events up to this step reach storage before the checkpoint counts
                 upload = faults.partial_upload(ctx.run_dir, state.step, strategy.rank, strategy.world_size,
                                                t.kill_in_checkpoint_at_steps, saved_step)
                 save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state, upload)
@@ -216,20 +239,25 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
                               mininterval=10):
         local.extend(task.eval_rows(ctx.engine, batch, n_real))
     unique = {row[0]: row for part in strategy.all_gather_object(local) for row in part}
-    metrics, columns = task.metrics(list(unique.values()))
+    metrics, columns = task.metrics(list(unique.values()), split=split, step=step)
     ctx.monitor.scalars(step if step is not None else 0,
                         {f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     if write and strategy.is_rank0 and columns:
         _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", columns)
+        if "p_yes" in columns:
+            from distrec.eval.intervals import ctr_intervals
+
+            metrics.update(ctr_intervals(columns["label"], columns["p_yes"], columns["user_id"]))
     return metrics
 
 
-def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
+def _write_predictions(path: Path, columns: dict[str, np.ndarray] | Any) -> None:
+    """``columns``: a dict of arrays or a ``pyarrow.Table`` (kept with its schema metadata)."""
     import pyarrow as pa
 
     from distrec.data.storage import write_parquet_file
 
-    write_parquet_file(pa.table(columns), path)
+    write_parquet_file(columns if isinstance(columns, pa.Table) else pa.table(columns), path)
 
 
 def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -> dict:
@@ -243,12 +271,21 @@ def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -
     module = ctx.engine.module
     gathered = ctx.strategy.gathered(module.parameters()) if e.gather_for_generation else contextlib.nullcontext()
     with gathered:
-        metrics, examples = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles), num_beams=e.num_beams,
-                                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, mode=e.grounding,
-                                   ks=e.ks)
+        metrics, examples, ranks = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles),
+                                                    num_beams=e.num_beams, max_new_tokens=e.max_new_tokens,
+                                                    min_new_tokens=e.min_new_tokens, batch_size=e.batch_size,
+                                                    mode=e.grounding, ks=e.ks,
+                                                    merge_duplicate_titles=e.merge_duplicate_titles)
     ctx.monitor.scalars(0, {f"eval/test_{k}": v for k, v in metrics.items()})
     for i, example in enumerate(examples):
         ctx.monitor.text("samples/generation", i, example)
+    if ctx.strategy.is_rank0:
+        from distrec.eval.compare import ranking_predictions
+        from distrec.eval.intervals import ranking_intervals
+
+        _write_predictions(ctx.run_dir / "predictions_test.parquet",
+                           ranking_predictions(rows["sample_id"], rows["user_id"], rows["item_id"], ranks, e.ks))
+        metrics.update(ranking_intervals(ranks, rows["user_id"], e.ks))
     return metrics
 
 

@@ -4,6 +4,11 @@ Only the rank-0 worker should write events (N writers into one folder would
 interleave duplicate curves), so every rank builds a ``Monitor`` and passes
 ``enabled=(rank == 0)``: the others get an instance whose methods do nothing and
 that never touches the file system. No module-level writer exists.
+
+Off local disk (``ray.storage_path: s3://...``) the writer logs into a local staging folder and
+an ``upload`` callback copies it to the bucket at most every ``upload_every_s`` seconds while
+scalars come in, at every :meth:`Monitor.sync` (each checkpoint) and on :meth:`Monitor.close`.
+The readers below accept a local folder or a URI (downloaded to a temporary folder first).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import numbers
 import resource
 import sys
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -52,26 +58,35 @@ def _hparam_value(value: Any) -> int | float | str | bool:
 
 
 def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Flattened numeric metrics as floats; non-numeric entries (HParams metrics are scalars) are left out."""
-    return {
-        f"{HPARAM_METRIC_PREFIX}{name}": float(value)
-        for name, value in flatten_dict(metrics).items()
-        if isinstance(value, numbers.Real)
-    }
+    """Flattened numeric metrics as floats; an interval ``[low, high]`` becomes ``<name>.low`` and
+    ``<name>.high``; other non-numeric entries (HParams metrics are scalars) are left out."""
+    out: dict[str, float] = {}
+    for name, value in flatten_dict(metrics).items():
+        if isinstance(value, numbers.Real):
+            out[f"{HPARAM_METRIC_PREFIX}{name}"] = float(value)
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, numbers.Real) for v in value):
+            out[f"{HPARAM_METRIC_PREFIX}{name}.low"], out[f"{HPARAM_METRIC_PREFIX}{name}.high"] = map(float, value)
+    return out
 
 
 class Monitor:
     """TensorBoard writer for rank 0; a no-op when ``enabled`` is False.
 
     Args:
-        log_dir: folder for the event files (created on first use by SummaryWriter).
+        log_dir: local folder for the event files (created on first use by SummaryWriter).
         enabled: False on every rank but 0; then nothing is imported or written.
+        upload: called (after a flush) to copy ``log_dir`` to the run's storage; None on local disk.
+        upload_every_s: least seconds between two uploads triggered by :meth:`scalars`.
     """
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: str | Path, enabled: bool = True, upload: Callable[[], None] | None = None,
+                 upload_every_s: float = 30.0) -> None:
         self.log_dir = Path(log_dir)
         self.enabled = enabled
         self._writer = None
+        self._upload = upload
+        self._upload_every_s = upload_every_s
+        self._uploaded_at = time.monotonic()
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -91,6 +106,8 @@ class Monitor:
                 value = value.item()
             if isinstance(value, numbers.Real):
                 self._writer.add_scalar(tag, float(value), global_step=int(step))
+        if self._upload is not None and time.monotonic() - self._uploaded_at >= self._upload_every_s:
+            self.sync()
 
     def text(self, tag: str, step: int, text: str) -> None:
         """Log a text (config dump, sample generations) under ``tag`` at ``step``."""
@@ -115,11 +132,22 @@ class Monitor:
         if self._writer is not None:
             self._writer.flush()
 
+    def sync(self) -> None:
+        """Flush, then upload the event files (when an ``upload`` was given)."""
+        if self._writer is None:
+            return
+        self._writer.flush()
+        if self._upload is not None:
+            self._upload()
+            self._uploaded_at = time.monotonic()
+
     def close(self) -> None:
-        """Flush and close the writer; further calls become no-ops."""
+        """Flush, close and upload the writer's files; further calls become no-ops."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if self._upload is not None:
+                self._upload()
 
     def __enter__(self) -> "Monitor":
         return self
@@ -129,14 +157,17 @@ class Monitor:
 
 
 def _accumulators(log_dir: str | Path) -> list[Any]:
-    """One fully loaded EventAccumulator per folder (log_dir and its subfolders) holding event files."""
+    """One fully loaded EventAccumulator per folder (log_dir and its subfolders) holding event
+    files; ``log_dir`` may be a URI (read from a temporary download)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    root = Path(log_dir)
-    folders = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
-    # size_guidance 0 = keep every event instead of TensorBoard's reservoir sample.
-    guidance = {"scalars": 0, "tensors": 0}
-    return [EventAccumulator(str(folder), size_guidance=guidance).Reload() for folder in folders]
+    from distrec.storage_uri import local_copy
+
+    with local_copy(log_dir) as root:
+        folders = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+        # size_guidance 0 = keep every event instead of TensorBoard's reservoir sample.
+        guidance = {"scalars": 0, "tensors": 0}
+        return [EventAccumulator(str(folder), size_guidance=guidance).Reload() for folder in folders]
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

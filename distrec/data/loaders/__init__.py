@@ -9,8 +9,8 @@ The tables come back conformed to ``distrec.data.schema`` and validated.
 ``label_rule(name)`` is the rating threshold of a positive CTR label (label = rating >=
 threshold), following the papers distrec reproduces: MovieLens-100K/1M 4 of 5; ML-25M
 "rating > 3" on its half-star scale, i.e. >= 3.5; BookCrossing 5 of 10 (0 is an implicit
-interaction, hence negative). Amazon has no agreed rule in those papers: we chose 4 of 5,
-the same as MovieLens, since both use a 1-5 star scale.
+interaction, hence negative). Amazon (2018 and 2023 releases) has no agreed rule in those
+papers: we chose 4 of 5, the same as MovieLens, since both use a 1-5 star scale.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 
 from distrec.data.loaders._checks import dropped_rows
 from distrec.data.loaders.amazon import load_amazon
+from distrec.data.loaders.amazon2023 import load_amazon2023
 from distrec.data.loaders.bookcrossing import load_bookcrossing
 from distrec.data.loaders.movielens import load_ml1m, load_ml25m, load_ml100k
 from distrec.data.schema import CanonicalTables
@@ -35,6 +36,7 @@ DATASETS: Mapping[str, Loader] = MappingProxyType({
     "ml-25m": load_ml25m,
     "bookcrossing": load_bookcrossing,
     "amazon": load_amazon,
+    "amazon2023": load_amazon2023,
 })
 
 _LABEL_THRESHOLDS: Mapping[str, float] = MappingProxyType({
@@ -43,6 +45,7 @@ _LABEL_THRESHOLDS: Mapping[str, float] = MappingProxyType({
     "ml-25m": 3.5,
     "bookcrossing": 5.0,
     "amazon": 4.0,
+    "amazon2023": 4.0,
 })
 
 __all__ = ["DATASETS", "check_name", "dropped_rows", "label_rule", "load_dataset"]
@@ -66,7 +69,8 @@ def load_dataset(name: str, path: str | Path) -> CanonicalTables:
     """Load dataset ``name`` from the folder ``path`` holding its official raw files.
 
     For ``amazon`` the folder holds one category of Amazon Reviews 2018: its reviews
-    ``<Category>.json.gz`` and ``meta_<Category>.json.gz``.
+    ``<Category>.json.gz`` and ``meta_<Category>.json.gz``; for ``amazon2023`` one category
+    of Amazon Reviews 2023: ``<Category>.jsonl.gz`` and ``meta_<Category>.jsonl.gz``.
     """
     loader = DATASETS[check_name(name)]
     folder = Path(path).expanduser()

@@ -20,6 +20,7 @@ from distrec.data.prompts.generative import (
     build_counterfactual_prompt,
     build_generative_prompt,
     generative_response,
+    title_from_response,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "render",
     "shown_positions",
     "stars",
+    "title_from_response",
 ]

@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 
 import pyarrow as pa
 
+from distrec.data.titles import display_titles
 from distrec.errors import DataError
 
 # Occupation values that carry no information (MovieLens "none"/"other" and the like).
@@ -29,6 +30,7 @@ _DATASET_TEXT: Mapping[str, tuple[str, Optional[Mapping[int, str]]]] = {
     "ml-25m": ("movie", None),
     "bookcrossing": ("book", None),
     "amazon": ("item", None),
+    "amazon2023": ("item", None),
 }
 
 
@@ -36,8 +38,9 @@ _DATASET_TEXT: Mapping[str, tuple[str, Optional[Mapping[int, str]]]] = {
 class Catalog:
     """Id -> text lookups for one dataset.
 
-    ``titles``: item_id -> title. ``profiles``: user_id -> the profile sentence (already
-    rendered, "" when nothing is known). ``item_noun``: how items are called in prompts
+    ``titles``: item_id -> the text that stands for the item in prompts and responses
+    (:func:`distrec.data.titles.display_titles`). ``profiles``: user_id -> the profile
+    sentence (already rendered, "" when nothing is known). ``item_noun``: how items are called in prompts
     ("item", "movie", "book"); the plural adds an "s".
     """
 
@@ -63,18 +66,12 @@ class Catalog:
     ) -> "Catalog":
         """Build from the canonical tables; ``users`` may be absent or empty (Amazon).
 
-        ``age_labels``: when ages are bucket codes (ML-1M), code -> label ("18-24").
+        Titles are :func:`distrec.data.titles.display_titles`: one normal form, and colliding
+        titles told apart by year or maker ("Cape Fear (1962)"); DataError naming the item
+        when a title is empty. ``age_labels``: when ages are bucket codes (ML-1M), code ->
+        label ("18-24").
         """
-        for col in ("item_id", "title"):
-            if col not in items.column_names:
-                raise DataError(f"items table: missing column '{col}'; found {items.column_names}")
-        ids = items.column("item_id").to_pylist()
-        names = items.column("title").to_pylist()
-        titles: dict[int, str] = {}
-        for item_id, title in zip(ids, names):
-            if title is None or not str(title).strip():
-                raise DataError(f"items table: item_id {item_id} has an empty title")
-            titles[int(item_id)] = " ".join(str(title).split())
+        titles = display_titles(items)
         profiles: dict[int, str] = {}
         if users is not None and users.num_rows:
             for row in users.to_pylist():

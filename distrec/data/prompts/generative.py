@@ -4,6 +4,7 @@ Factual: preamble, ``### Instruction:``, ``### Input:`` (the quoted history titl
 ``### Response:``. Counterfactual: the same with the Input block deleted entirely and the
 no-input preamble (CFT, spec §1.3-1.4). Both return the identical response string: the quoted
 target title plus a newline, so the response tokens can be aligned column for column.
+:func:`title_from_response` reads a title back out of a generated response (its inverse).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from distrec.data.prompts.catalog import Catalog
+from distrec.data.titles import normalise_title
 
 _PREAMBLE_WITH_INPUT = (
     "Below is a task together with some context about the user. "
@@ -26,6 +28,25 @@ def quote(title: str) -> str:
 def generative_response(sample: Mapping, catalog: Catalog) -> str:
     """The training target: ``'"<target title>"\\n'``."""
     return quote(catalog.title(sample["item_id"])) + "\n"
+
+
+def title_from_response(text: str) -> str:
+    """The title a generated response names; "" when it names none.
+
+    The inverse of :func:`generative_response`: the first non-blank line, without the one
+    pair of double quotes the response format puts round the title (a leading quote is
+    removed, and then one trailing quote), in :func:`~distrec.data.titles.normalise_title`
+    form. Quotes that belong to the title stay: the response ``""Weird Al" Live!"`` (and a
+    newline) names ``"Weird Al" Live!``. For every title t in normal form,
+    ``title_from_response(quote(t) + "\\n") == t``.
+    """
+    lines = text.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if first.startswith('"'):
+        first = first[1:]
+        if first.endswith('"'):
+            first = first[:-1]
+    return normalise_title(first)
 
 
 def _instruction(catalog: Catalog) -> str:

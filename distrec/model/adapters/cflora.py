@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distrec import atomic
 from distrec.errors import ModelError
 from distrec.model.adapters.base import Adapter
 
@@ -467,11 +468,10 @@ class CFLoraAdapter(Adapter):
         if not state or any(t.numel() == 0 for t in state.values()):
             empty = [k for k, t in state.items() if t.numel() == 0][:4]
             raise ModelError(f"CFLoRA export produced empty tensors {empty} (ZeRO-3 parameters were not gathered)")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CONFIG_NAME).write_text(json.dumps(self.peft_style_config(), indent=2))
-        save_file(state, str(out_dir / WEIGHTS_NAME))
-        return out_dir
+        with atomic.staged(Path(out_dir), (CONFIG_NAME, WEIGHTS_NAME), overwrite=True) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.peft_style_config(), indent=2))
+            save_file(state, str(tmp / WEIGHTS_NAME))
+        return Path(out_dir)
 
     def peft_style_config(self) -> dict:
         c = self.cfg

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import torch
 
+from distrec import atomic
 from distrec.config import AdapterConfig
 from distrec.errors import ModelError
 from distrec.model.adapters.base import Adapter, trainable_parameters
+
+#: Files of a PEFT LoRA export.
+EXPORT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class LoraAdapter(Adapter):
@@ -54,11 +58,10 @@ class LoraAdapter(Adapter):
             state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in get_peft_model_state_dict(model).items()}
         if not state or all(t.numel() == 0 for t in state.values()):
             raise ModelError("adapter export produced no weights (ZeRO-3 parameters were not gathered)")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.peft_config["default"].save_pretrained(str(out_dir))
-        save_file(state, str(out_dir / "adapter_model.safetensors"))
-        return out_dir
+        with atomic.staged(Path(out_dir), EXPORT_FILES, overwrite=True) as tmp:
+            model.peft_config["default"].save_pretrained(str(tmp))
+            save_file(state, str(tmp / "adapter_model.safetensors"))
+        return Path(out_dir)
 
     def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
         from peft import PeftModel
