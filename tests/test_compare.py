@@ -186,6 +186,17 @@ def test_runs_that_scored_different_rows_are_refused_by_name(tmp_path):
         compare_runs(tmp_path / "a", tmp_path / "b", split="valid")
 
 
+def test_a_nan_score_in_a_predictions_file_is_refused_by_sample_id(tmp_path):
+    cols = _ctr_columns(0)
+    _ctr_run(tmp_path / "a", cols)
+    broken = dict(cols, p_yes=cols["p_yes"].copy())
+    broken["p_yes"][[4, 9]] = [np.nan, np.inf]
+    _ctr_run(tmp_path / "b", broken)
+    with pytest.raises(DataError, match=r"b/distrec/predictions_test.parquet: p_yes is missing or not finite "
+                                        r"at sample_id 1004, 1009"):
+        compare_runs(tmp_path / "a", tmp_path / "b")
+
+
 def test_cli_prints_the_table_and_refuses_different_rows(tmp_path):
     from distrec.cli import app
 

@@ -105,8 +105,9 @@ def load_predictions(run: str | Path, split: str = "test") -> RunPredictions:
     """Read and check a run's per-row results.
 
     Raises:
-        DataError: missing file, columns of neither kind, a duplicated ``sample_id``, or a
-            ranking file without its K metadata.
+        DataError: missing file, columns of neither kind, a duplicated ``sample_id``, a NaN or
+            infinite ``p_yes`` / ``rank`` (named by sample_id), or a ranking file without its K
+            metadata.
     """
     import pyarrow.parquet as pq
 
@@ -124,6 +125,11 @@ def load_predictions(run: str | Path, split: str = "test") -> RunPredictions:
     dup = frame["sample_id"][frame["sample_id"].duplicated()].unique()
     if dup.size:
         raise DataError(f"{path}: sample_id scored more than once: {_named(dup)}")
+    value = "p_yes" if kind == "ctr" else "rank"
+    bad = frame["sample_id"][~np.isfinite(frame[value].to_numpy(dtype=np.float64))].to_numpy()
+    if bad.size:
+        raise DataError(f"{path}: {value} is missing or not finite at sample_id {_named(bad)}; "
+                        "metrics over such rows are meaningless")
     ks: tuple[int, ...] = ()
     hits: tuple[str, ...] = ()
     if kind == "ranking":

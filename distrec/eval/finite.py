@@ -54,7 +54,7 @@ def require_finite(
     bad = np.flatnonzero(~np.atleast_1d(rows_ok))
     first = int(bad[0])
     name = f"{id_name} {ids[first]}" if ids is not None else f"row {first}"
-    value = f" ({arr.reshape(-1)[first]!r})" if arr.ndim <= 1 else ""
+    value = f" ({float(arr.reshape(-1)[first])})" if arr.ndim <= 1 else ""
     n, k = int(np.atleast_1d(rows_ok).size), int(bad.size)
     prefix = f"{where}: " if where else ""
     raise ModelError(
