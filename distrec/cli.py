@@ -40,7 +40,8 @@ def data_fetch(
 
 @data_app.command("prepare")
 def data_prepare(
-    dataset: str = typer.Argument(..., help="ml-100k, ml-1m, ml-25m, bookcrossing, amazon (Amazon Reviews 2018) or amazon2023."),
+    dataset: str = typer.Argument(..., help="ml-100k, ml-1m, ml-25m, bookcrossing, amazon (Amazon Reviews 2018), amazon2023, or custom "
+                          "(your own interactions/items/users files; see README 'Your own logs')."),
     task: str = typer.Option("ctr", help="ctr or generative."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default under $DISTREC_HOME/prepared)."),
     raw_path: Optional[Path] = typer.Option(None, help="Folder with the dataset's official raw files."),

@@ -28,6 +28,20 @@ class DataConfig:
     max_history: int = 10  # generative: preceding items kept per sample
     kcore: int = 0  # generative: iterative k-core filter (0 = off)
     label_threshold: Optional[float] = None  # CTR: override the per-dataset rule (label = rating >= t)
+    # CTR label of each interaction. "threshold": label = rating >= label_threshold (the
+    # built-in datasets' rule). "column": the interactions file's 0/1 ``label`` column
+    # (dataset "custom" only). "implicit": every interaction is a positive, and
+    # ``negatives_per_positive`` sampled items per positive are the negatives (seeded by
+    # ``seed``; never an item the user interacted with; distrec.data.negatives).
+    label_rule: Literal["threshold", "column", "implicit"] = "threshold"
+    negatives_per_positive: int = 1  # label_rule "implicit": sampled negatives per positive sample
+    # CTR: history entries stored per sample, only the most recent kept (None = all). The
+    # default keeps ML-25M in bounds: its ~24.2M CTR samples (25M ratings, users with up to
+    # ~32k of them) times 64 entries is <= 1.55e9, under the 2**31 - 1 values an Arrow list
+    # column holds (full histories there hold several billion), while 64 stays above what
+    # any stage reads: prompt.history_k (10) and SUBR's k (30) recent or retrieved items.
+    # SUBR retrieves from the stored entries only: raise it (or null) for a larger pool.
+    max_history_stored: Optional[int] = 64
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     num_shards: int = 4
     train_size: Optional[int] = None  # few-shot: first N of a seeded shuffle of train
@@ -40,6 +54,13 @@ class DataConfig:
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         if self.min_history < 0 or self.max_history < 1 or self.num_shards < 1:
             raise ValueError("data.min_history >= 0, data.max_history >= 1 and data.num_shards >= 1 required")
+        if self.max_history_stored is not None and self.max_history_stored < 1:
+            raise ValueError(f"data.max_history_stored must be >= 1 or null, got {self.max_history_stored}")
+        if self.negatives_per_positive < 1:
+            raise ValueError(f"data.negatives_per_positive must be >= 1, got {self.negatives_per_positive}")
+        if self.label_rule == "column" and self.dataset != "custom":
+            raise ValueError(f"data.label_rule=column reads the 'label' column of the 'custom' dataset's "
+                             f"interactions; dataset {self.dataset!r} has none (use threshold or implicit)")
 
 
 @dataclass

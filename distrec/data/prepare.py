@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
@@ -31,13 +32,17 @@ from distrec import paths
 from distrec.config import DataConfig
 from distrec.data import storage
 from distrec.data.kcore import iterative_kcore
+from distrec.data.negatives import add_sampled_negatives
 from distrec.data.samples import build_ctr_samples, build_generative_samples
 from distrec.data.schema import CanonicalTables
 from distrec.data.split import apply_subsets, chronological_split
 from distrec.errors import DataError
 
 _COMMON_FIELDS = ("dataset", "task", "split", "num_shards", "train_size", "valid_size", "test_size", "seed")
-_TASK_FIELDS = {"ctr": ("min_history", "label_threshold"), "generative": ("max_history", "kcore")}
+_TASK_FIELDS = {
+    "ctr": ("min_history", "label_threshold", "label_rule", "negatives_per_positive", "max_history_stored"),
+    "generative": ("max_history", "kcore"),
+}
 # Version of the title rules (distrec.data.titles) in the config key: a change re-prepares.
 TITLE_RULES = 1
 
@@ -78,6 +83,8 @@ def _raw_folder(cfg: DataConfig, raw_path: Path | None) -> Path:
         return Path(raw_path)
     if cfg.raw_path:
         return Path(cfg.raw_path).expanduser()
+    if cfg.dataset == "custom":
+        raise DataError("dataset 'custom' reads your own files: pass --raw-path DIR or set data.raw_path")
     from distrec.data.fetch import fetch
 
     return Path(fetch(cfg.dataset))
@@ -86,6 +93,16 @@ def _raw_folder(cfg: DataConfig, raw_path: Path | None) -> Path:
 def _restrict(table: pa.Table, key: str, ids: pa.Array) -> pa.Table:
     """Rows of ``table`` whose ``key`` is in ``ids`` (the catalogue actually used)."""
     return table.filter(pc.is_in(table.column(key), value_set=ids))
+
+
+def _threshold(cfg: DataConfig, default_rule) -> float | None:
+    """CTR: label = rating >= the returned threshold; None for ``implicit`` (every
+    interaction is a positive). ``column``: the canonical rating is the 0/1 label, so 1."""
+    if cfg.label_rule == "implicit":
+        return None
+    if cfg.label_rule == "column":
+        return 1.0
+    return cfg.label_threshold if cfg.label_threshold is not None else default_rule(cfg.dataset)
 
 
 def _filters(cfg: DataConfig) -> str:
@@ -120,7 +137,7 @@ def prepare(
     with tqdm(total=5, desc=f"prepare {cfg.dataset}-{cfg.task}", disable=not progress) as bar:
         raw = _raw_folder(cfg, raw_path)
         bar.set_postfix_str("load")
-        tables: CanonicalTables = load_dataset(cfg.dataset, raw)
+        tables: CanonicalTables = load_dataset(cfg.dataset, raw, cfg.label_rule)
         n_raw = tables.interactions.num_rows
         loader_dropped = dropped_rows(tables)
         tables, title_counts = clean_titles(tables)
@@ -128,8 +145,12 @@ def prepare(
 
         bar.set_postfix_str("samples")
         if cfg.task == "ctr":
-            threshold = cfg.label_threshold if cfg.label_threshold is not None else label_rule(cfg.dataset)
-            samples = build_ctr_samples(tables, min_history=cfg.min_history, label_threshold=threshold)
+            threshold = _threshold(cfg, label_rule)
+            samples = build_ctr_samples(tables, min_history=cfg.min_history,
+                                        label_threshold=-np.inf if threshold is None else threshold,
+                                        max_history_stored=cfg.max_history_stored)
+            if cfg.label_rule == "implicit":
+                samples = add_sampled_negatives(samples, tables.interactions, cfg.negatives_per_positive, cfg.seed)
         else:
             threshold = None
             tables = dataclasses.replace(tables, interactions=iterative_kcore(tables.interactions, cfg.kcore))
@@ -155,6 +176,7 @@ def prepare(
             "items": len(item_ids),
             "samples": samples.num_rows,
             "label_threshold": threshold,
+            "label_rule": cfg.label_rule if cfg.task == "ctr" else None,
             "title_cleaning": title_counts,
             "loader_dropped": loader_dropped,
         }

@@ -91,8 +91,8 @@ def _histories(interactions: pa.Table, min_history: int, max_len: int | None) ->
     total = int(lengths.sum())
     if total > _MAX_LIST_VALUES:
         raise DataError(
-            f"histories hold {total:,} entries, more than an Arrow list can: "
-            "cap them with max_history_stored"
+            f"histories hold {total:,} entries, more than an Arrow list can ({_MAX_LIST_VALUES:,}): "
+            "cap them with the config key data.max_history_stored (the most recent N kept per sample)"
         )
     offsets = np.zeros(len(sample_ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -120,7 +120,10 @@ def build_ctr_samples(
 
     ``min_history``: earlier interactions a user needs before an interaction is a sample.
     ``label_threshold``: ``label = int8(rating >= label_threshold)``.
-    ``max_history_stored``: keep only the most recent N history entries (None = all).
+    ``max_history_stored``: keep only the most recent N history entries (None = all); the job
+    config's ``data.max_history_stored``, whose default and its reason are in
+    ``distrec.config.DataConfig``. Raises DataError naming that key when the histories hold more
+    entries than an Arrow list column can (2**31 - 1).
     """
     inter = _interactions(tables)
     h = _histories(inter, min_history, max_history_stored)

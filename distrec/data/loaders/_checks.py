@@ -57,7 +57,7 @@ def check_unique(table: pa.Table, keys: list[str], lines: Lines, what: str = "ro
     record = table.select(keys).slice(row, 1).to_pylist()[0]
     values = ", ".join(f"{k}={v!r}" for k, v in record.items())
     raise DataError(
-        f"{lines.at(row)}: duplicate {what} ({values}); first seen at line {lines.line(first)}"
+        f"{lines.at(row)}: duplicate {what} ({values}); first seen at {lines.place(first)}"
     )
 
 

@@ -53,8 +53,25 @@ class Lines:
             line += n - pos
             pos = n
 
+    def place(self, row: int) -> str:
+        """Where row ``row`` is within the file: ``"line N"``."""
+        return f"line {self.line(row)}"
+
     def at(self, row: int) -> str:
-        return f"{self.path}: line {self.line(row)}"
+        return f"{self.path}: {self.place(row)}"
+
+
+@dataclass(frozen=True)
+class Rows(Lines):
+    """Maps a row index of a table read from a Parquet file to its 0-based row there."""
+
+    first_line: int = 0
+
+    def line(self, row: int) -> int:
+        return row
+
+    def place(self, row: int) -> str:
+        return f"row {row}"
 
 
 @dataclass(frozen=True)
