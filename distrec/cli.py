@@ -1,4 +1,4 @@
-"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``compare``, ``eimf``."""
+"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``compare``, ``export``, ``eimf``."""
 
 from __future__ import annotations
 
@@ -181,6 +181,27 @@ def compare(
     except DistrecError as exc:
         _fail(exc)
     typer.echo(result.markdown())
+
+
+@app.command("export")
+def export(
+    run: str = typer.Option(..., "--run", help="A finished run's distrec folder (local path or URI), as for eval."),
+    merged: Path = typer.Option(..., "--merged", help="Folder to write the merged Hugging Face model to."),
+    overwrite: bool = typer.Option(False, help="Replace an existing model folder at --merged."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 or bf16 for the saved weights (default: the run's model.dtype)."),
+) -> None:
+    """Merge a LoRA (or static-G CFLoRA) run into its base model: a folder AutoModelForCausalLM loads, with a model card."""
+    import shlex
+
+    from distrec.export import export_merged
+
+    command = shlex.join(["distrec", "export", "--run", run, "--merged", str(merged)]
+                         + (["--overwrite"] if overwrite else []) + (["--dtype", dtype] if dtype else []))
+    try:
+        result = export_merged(run, merged, overwrite=overwrite, dtype=dtype, command=command)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(f"merged {result.method} ({result.dtype}) -> {result.out}")
 
 
 def _eimf_app() -> typer.Typer:
