@@ -243,6 +243,13 @@ def prepared(items, tmp_path):
     return data_cfg
 
 
+def _printed_json(stdout: str) -> dict:
+    """The JSON object a CLI command prints last (its opening brace alone on a line; nested
+    objects such as the metrics' ``ci`` open on a ``"key": {`` line)."""
+    text = "\n" + stdout
+    return json.loads(text[text.rindex("\n{\n") + 1:])
+
+
 def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tmp_path):
     """The staged workflow: ``eimf train`` -> ``eimf label --model out/ibim`` (k-means + the
     tiny random Llama in 1 Ray Data actor + MiniLM) -> ``eimf train --labels``."""
@@ -263,7 +270,7 @@ def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tm
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     res = CliRunner().invoke(eimf_app, ["train", "--config", str(tmp_path / "job.yaml"), "eimf.train.epochs=2"])
     assert res.exit_code == 0, res.output
-    shown = json.loads(res.stdout[res.stdout.rindex("{\n"):])
+    shown = _printed_json(res.stdout)
     assert shown["steps"] == 2 * (N_USERS * 8 // 32) and shown["n"] == 2 * N_USERS
     model, _, cfg = load_eimf(tmp_path / "out" / "ibim")
     assert cfg.train.epochs == 2 and model.heads is None
@@ -273,7 +280,7 @@ def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tm
 
     res = CliRunner().invoke(eimf_app, ["label", "--config", str(tmp_path / "job.yaml"), "--model", str(tmp_path / "out" / "ibim")])
     assert res.exit_code == 0, res.output
-    info = json.loads(res.stdout[res.stdout.rindex("{\n"):])
+    info = _printed_json(res.stdout)
     train = open_split(Path(prepared.prepared_dir), "train")
     expected = select_from_model(model, train, open_table(Path(prepared.prepared_dir), "items"),
                                  SelectionConfig(n_clusters=2, per_cluster=3))

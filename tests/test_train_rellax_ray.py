@@ -31,10 +31,12 @@ RELLAX = ["subr.enabled=true", "subr.k=3", "subr.pca_dim=32", "spa.enabled=true"
 
 
 PRECISION = {"fp32": [], "bf16": ["deepspeed.precision=bf16", "model.dtype=bf16"]}
-# |p_yes(run) - p_yes(plain reproduction)|: fp32 differs only in reduction order; bf16 also in
-# the rounding of bf16 matmuls over partitioned vs whole weights (measured: at most 1.6e-3 on
-# the 32 test rows).
-REPRODUCTION_ATOL = {"fp32": 2e-5, "bf16": 5e-3}
+# |p_yes(run) - p_yes(plain reproduction)|: fp32 differs only in reduction order, so fp32 is
+# what proves the wiring; bf16 also in the rounding of bf16 matmuls over partitioned vs whole
+# weights and over other padded widths, which depends on the CPU's bf16 kernels. Measured on
+# the 32 test rows: at most 1.6e-3 on an earlier machine; 7.8e-3 and 1.4e-2 (3 of 32 rows over
+# 5e-3) on this one, with the pre-2026-11-30 code too. One bf16 ulp of a logit near 1 is 7.8e-3.
+REPRODUCTION_ATOL = {"fp32": 2e-5, "bf16": 2e-2}
 
 
 @pytest.fixture(scope="module", params=list(PRECISION))
