@@ -11,7 +11,10 @@ whole model in host memory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -111,14 +114,23 @@ def materialize_tiny(cfg: ModelConfig) -> Path:
 
     def save(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(ModelConfig(name_or_path=SMOLLM2)))
-        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **kwargs)
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = LlamaForCausalLM(config)
-        save_checkpoint(model, tmp)
+        spec = json.dumps({"vocab_size": len(tokenizer), **kwargs})
+        # A fresh interpreter: the weights must not depend on the caller's state (an active
+        # DeepSpeed/HF ZeRO-3 config, a changed default dtype), or two homes get two models.
+        code = "import sys; from distrec.model.backbone import write_tiny; write_tiny(sys.argv[1], sys.argv[2])"
+        done = subprocess.run([sys.executable, "-c", code, spec, str(tmp)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ModelError(f"building the tiny model failed: {done.stderr.strip()[-1500:]}")
         tokenizer.save_pretrained(tmp)
 
     return atomic.ensure_folder(target, save, MODEL_FILES, "tiny model")
+
+
+def write_tiny(spec: str, folder: str) -> None:
+    """Build the seeded tiny Llama of ``spec`` (JSON LlamaConfig fields) and save it to ``folder``."""
+    config = LlamaConfig(tie_word_embeddings=True, **json.loads(spec))
+    torch.manual_seed(0)
+    save_checkpoint(LlamaForCausalLM(config), Path(folder))
 
 
 def save_checkpoint(model, folder: Path) -> None:
