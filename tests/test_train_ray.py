@@ -150,7 +150,7 @@ def test_workers_with_an_empty_node_local_home_prepare_the_model_and_equal_the_s
     for name in built:
         assert all((home / "models" / name / f).stat().st_size > 0
                    for f in ("config.json", "model.safetensors", "tokenizer.json"))
-    assert_same_adapter(run, baseline, atol=0)
+    assert_same_adapter(run, baseline, atol=1e-6)  # the resume tests' standard
 
 
 def test_killed_worker_restarts_from_its_checkpoint_to_the_identical_adapter(storage, baseline):
