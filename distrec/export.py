@@ -213,7 +213,7 @@ def model_card(job: JobConfig, metrics: dict, *, run: str, base_dir: str, adapte
                command: str | None) -> str:
     """The export's README.md (Markdown with Hugging Face front matter)."""
     from distrec.config_loader import to_dict
-    from distrec.eval.report import _metrics_section  # the run report's metrics table, reused as is
+    from distrec.eval.report import metrics_section
 
     d = job.data
     data_rows = [f"- dataset: `{d.dataset}`" + (f" (raw files `{d.raw_path}`)" if d.raw_path else ""),
@@ -232,7 +232,7 @@ def model_card(job: JobConfig, metrics: dict, *, run: str, base_dir: str, adapte
         "## Data", "", *data_rows, "",
         "## Use", "", *_usage(job), "",
         "## Metrics", "", "From the run's `metrics_train.json` (scored by distrec with the unmerged adapter).", "",
-        *_metrics_section(metrics), "",
+        *metrics_section(metrics), "",
         "## Provenance", "",
         f"- run: `{run}`",
         f"- adapter: `adapter/adapter_model.safetensors`, sha256 `{adapter_sha256}`",

@@ -123,7 +123,7 @@ def format_interval(interval: Any) -> str:
     return ""
 
 
-def _metrics_section(summary: Mapping[str, Any]) -> list[str]:
+def metrics_section(summary: Mapping[str, Any]) -> list[str]:
     """The metrics table (with a CI column when any metric has an interval), how the intervals
     were drawn, and the environment the run recorded."""
     metrics, intervals, bootstrap, environment = split_summary(summary)
@@ -182,7 +182,7 @@ def write_report(run_dir: Path, log_dir: Path, summary: dict, paths: dict) -> Pa
     shown = _all_paths(run_dir, Path(log_dir), paths)
     path_rows = [(name, f"`{value}`") for name, value in shown.items()]
     lines = ["# Run report", "", "## Metrics", ""]
-    lines += _metrics_section(summary)
+    lines += metrics_section(summary)
     lines += ["", "## Curves", ""]
     lines += [f"### {title}\n\n![{title}]({rel})\n" for title, rel in curves] or ["(no scalars logged)", ""]
     lines += ["## Paths", ""]

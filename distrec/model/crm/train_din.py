@@ -141,7 +141,7 @@ def _json_safe(x: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    atomic.write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")  # inside a staged folder: published whole
 
 
 def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
