@@ -1,4 +1,4 @@
-"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``compare``, ``export``, ``eimf``."""
+"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``predict``, ``compare``, ``export``, ``eimf``."""
 
 from __future__ import annotations
 
@@ -159,6 +159,35 @@ def evaluate(
         run_job(job, mode="eval", run_dir=run)
     except DistrecError as exc:
         _fail(exc)
+
+
+@app.command()
+def predict(
+    run: str = typer.Option(..., "--run", help="A finished run: an LLM run's distrec folder (local path or URI) "
+                            "or an EIMF stage folder (<out_dir>/ibim or <out_dir>/eimf)."),
+    input: str = typer.Option(..., "--input", help="Parquet/Arrow file or folder (local path or URI) of rows: "
+                              "user_id, item_id (CTR), optional timestamp or history_item_ids (+ history_ratings)."),
+    out: str = typer.Option(..., "--out", help="Output folder (local path or URI): Parquet shards + _manifest.json."),
+    actors: int = typer.Option(1, min=1, help="Ray Data actors, each with one model copy (a GPU each when the "
+                               "cluster has GPUs)."),
+    on_bad_row: str = typer.Option("error", help="error: stop at the first bad row, naming it, and write nothing; "
+                                   "skip: score the good rows and count the bad ones."),
+    top_k: Optional[int] = typer.Option(None, min=1, help="Items per row for generative and EIMF runs "
+                                        "(default: the run's largest eval K; EIMF 20)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Rows per forward (default: the run's eval.batch_size)."),
+    chunk_rows: int = typer.Option(2048, min=1, help="Rows per task and at most per output shard."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+) -> None:
+    """Score your own rows with a trained run: P(yes) (CTR), top-K items (generative, EIMF)."""
+    from distrec.predict.driver import predict as run_predict
+    from distrec.predict.pipeline import PredictOptions
+
+    try:
+        opts = PredictOptions(actors=actors, chunk_rows=chunk_rows, on_bad_row=on_bad_row)  # type: ignore[arg-type]
+        result = run_predict(run, input, out, opts, top_k=top_k, batch_size=batch_size, overwrite=overwrite)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(result.summary())
 
 
 @app.command()

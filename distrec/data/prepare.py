@@ -34,7 +34,7 @@ from distrec.data import storage
 from distrec.data.kcore import iterative_kcore
 from distrec.data.negatives import add_sampled_negatives
 from distrec.data.samples import build_ctr_samples, build_generative_samples
-from distrec.data.schema import CanonicalTables
+from distrec.data.schema import INTERACTIONS, CanonicalTables, conform
 from distrec.data.split import apply_subsets, chronological_split
 from distrec.errors import DataError
 
@@ -45,6 +45,8 @@ _TASK_FIELDS = {
 }
 # Version of the title rules (distrec.data.titles) in the config key: a change re-prepares.
 TITLE_RULES = 1
+# 1: prepared folders hold the interaction log (the ``interactions`` table) for ``distrec predict``.
+INTERACTION_LOG = 1
 
 
 def config_key(cfg: DataConfig) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def config_key(cfg: DataConfig) -> dict[str, Any]:
     if cfg.task not in _TASK_FIELDS:
         raise DataError(f"data.task must be one of {sorted(_TASK_FIELDS)}, got {cfg.task!r}")
     fields = _COMMON_FIELDS + _TASK_FIELDS[cfg.task]
-    return {"format_version": storage.FORMAT_VERSION, "title_rules": TITLE_RULES,
+    return {"format_version": storage.FORMAT_VERSION, "title_rules": TITLE_RULES, "interaction_log": INTERACTION_LOG,
             **{f: getattr(cfg, f) for f in fields}}
 
 
@@ -198,6 +200,7 @@ def prepare(
             },
             num_shards=cfg.num_shards,
             overwrite=overwrite,
+            interactions=conform(inter, INTERACTIONS, f"{where} [interactions]"),
         )
         bar.update()
     return out, manifest

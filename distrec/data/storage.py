@@ -139,20 +139,23 @@ def write_prepared(
     meta: Mapping[str, Any],
     num_shards: int,
     overwrite: bool = False,
+    interactions: pa.Table | None = None,
 ) -> dict[str, Any]:
     """Atomically write a prepared dataset folder at ``out`` and return its manifest.
 
     ``splits``: split name -> samples table (written in the given row order).
     ``meta``: extra manifest keys (dataset, task, config, source, stats, ...).
+    ``interactions``: the interaction log the samples were built from (``distrec predict``
+    rebuilds histories from it), written as the ``interactions`` table.
     Raises DataError if ``out`` exists and ``overwrite`` is False (checked before any work).
     """
     with staged_folder(Path(out), overwrite, required=(MANIFEST,)) as tmp:
         entries = {name: _write_split(tmp, name, t, num_shards) for name, t in splits.items()}
-        return write_manifest(tmp, entries, items=items, users=users, meta=meta)
+        return write_manifest(tmp, entries, items=items, users=users, meta=meta, interactions=interactions)
 
 
 def write_manifest(root: Path, splits: Mapping[str, dict[str, Any]], *, items: pa.Table, users: pa.Table,
-                   meta: Mapping[str, Any]) -> dict[str, Any]:
+                   meta: Mapping[str, Any], interactions: pa.Table | None = None) -> dict[str, Any]:
     """Write the item/user tables and, last, the manifest into a staged folder whose split
     shards are already written (``splits``: name -> :func:`split_entry`); returns the manifest."""
     manifest: dict[str, Any] = {
@@ -160,7 +163,9 @@ def write_manifest(root: Path, splits: Mapping[str, dict[str, Any]], *, items: p
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "distrec_version": distrec.__version__,
         **meta,
-        "tables": {"items": _write_table(root, "items", items), "users": _write_table(root, "users", users)},
+        "tables": {"items": _write_table(root, "items", items), "users": _write_table(root, "users", users),
+                   **({"interactions": _write_table(root, "interactions", interactions)}
+                      if interactions is not None else {})},
         "splits": dict(splits),
     }
     _write_json(root / MANIFEST, manifest)

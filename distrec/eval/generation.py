@@ -18,6 +18,7 @@ naming the split and the first item or sample (:mod:`distrec.eval.finite`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -65,7 +66,7 @@ def catalogue_names(titles: dict[int, str]) -> dict[int, str]:
     return names
 
 
-def _embed_catalogue(model, tokenizer, strategy, names: dict[int, str], batch_size: int, where: str):
+def embed_catalogue(model, tokenizer, strategy, names: dict[int, str], batch_size: int, where: str):
     """``(item_ids [M] sorted, vectors [M, H])``; each rank embeds an equal share, all get all."""
     item_ids = np.array(sorted(names), dtype=np.int64)
     share, n_items = equal_share(len(item_ids), strategy.rank, strategy.world_size)
@@ -94,6 +95,40 @@ def _require_finite_everywhere(strategy, vectors: np.ndarray, usable: np.ndarray
         )
 
 
+@dataclass
+class Grounded:
+    """Beam search grounded to the catalogue, for ``n`` prompts of ``b`` beams each.
+
+    ``texts``: n lists of b generated texts (beam 0 = top); ``rankings``: n lists of b item
+    rankings (best first; empty for a beam that names no title); ``named``: ``[n, b]`` bool,
+    the beam named a title; ``vectors``: ``[n·b, H]`` the generated titles' embeddings."""
+
+    texts: list[list[str]]
+    rankings: list[list[list[int]]]
+    named: np.ndarray
+    vectors: np.ndarray
+
+
+def ground_prompts(model, tokenizer, index: ItemIndex, prompts: Sequence[str], *, num_beams: int,
+                   max_new_tokens: int, min_new_tokens: int, batch_size: int, k: int, dedupe: bool,
+                   synced_gpus: bool = False, check=None) -> Grounded:
+    """Generate ``num_beams`` titles per prompt, embed them (last-token state) and ground each to
+    its ``k`` nearest catalogue items (:meth:`ItemIndex.ground`). ``check(vectors, named)`` runs
+    before grounding (the training workers' finiteness check across ranks)."""
+    beams = generate_beams(model, tokenizer, list(prompts), num_beams=num_beams, max_new_tokens=max_new_tokens,
+                           min_new_tokens=min_new_tokens, batch_size=batch_size, add_special_tokens=False,
+                           synced_gpus=synced_gpus)
+    flat = [clean_title(text) for per_row in beams for text in per_row]
+    named = np.array([bool(t) for t in flat], dtype=bool)
+    generated = last_token_states(model, tokenizer, flat, batch_size=batch_size, add_special_tokens=False)
+    if check is not None:
+        check(generated, named)
+    rankings = index.ground(np.nan_to_num(generated), k=k, dedupe=dedupe)
+    rankings = [ranking if ok else [] for ranking, ok in zip(rankings, named)]
+    per_row = [rankings[i * num_beams:(i + 1) * num_beams] for i in range(len(prompts))]
+    return Grounded(beams, per_row, named.reshape(len(prompts), num_beams), generated)
+
+
 def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, str], *, num_beams: int = 5,
                      max_new_tokens: int = 64, min_new_tokens: int = 4, batch_size: int = 8,
                      mode: str = "top_beam", ks: Sequence[int] = (1, 3, 5, 10, 20),
@@ -120,23 +155,22 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
     rank, world = strategy.rank, strategy.world_size
     where = evaluation_point(split, step)
     names = catalogue_names(titles)
-    item_ids, vectors = _embed_catalogue(model, tokenizer, strategy, names, batch_size, where)
+    item_ids, vectors = embed_catalogue(model, tokenizer, strategy, names, batch_size, where)
     index = ItemIndex(item_ids, vectors, titles=names if merge_duplicate_titles else None)
 
     rows_share, n_rows = equal_share(len(rows["sample_id"]), rank, world)
     prompts = prompt_texts(tokenizer, rows["input_ids"][rows_share], rows["labels"][rows_share])
-    beams = generate_beams(model, tokenizer, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                           min_new_tokens=min_new_tokens, batch_size=batch_size, add_special_tokens=False,
-                           synced_gpus=world > 1)
-    flat = [clean_title(text) for per_row in beams for text in per_row]
-    named = np.array([bool(t) for t in flat], dtype=bool)
     real = np.repeat(np.arange(len(prompts)) < n_rows, num_beams)
-    generated = last_token_states(model, tokenizer, flat, batch_size=batch_size, add_special_tokens=False)
-    _require_finite_everywhere(strategy, generated, named & real,
-                               np.repeat(rows["sample_id"][rows_share], num_beams), where)
-    rankings = index.ground(np.nan_to_num(generated), k=max(ks), dedupe=merge_duplicate_titles)
-    rankings = [ranking if ok else [] for ranking, ok in zip(rankings, named)]
-    per_row = [rankings[i * num_beams:(i + 1) * num_beams] for i in range(len(prompts))][:n_rows]
+
+    def check(generated: np.ndarray, named: np.ndarray) -> None:
+        _require_finite_everywhere(strategy, generated, named & real,
+                                   np.repeat(rows["sample_id"][rows_share], num_beams), where)
+
+    grounded = ground_prompts(model, tokenizer, index, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                              min_new_tokens=min_new_tokens, batch_size=batch_size, k=max(ks),
+                              dedupe=merge_duplicate_titles, synced_gpus=world > 1, check=check)
+    beams, named = grounded.texts, grounded.named.reshape(-1)
+    per_row = grounded.rankings[:n_rows]
     targets = rows["item_id"][rows_share][:n_rows]
     local = grounded_ranks(per_row, targets, titles=names if merge_duplicate_titles else None, mode=mode).tolist()
     empty = (~named).reshape(len(prompts), num_beams)[:n_rows]

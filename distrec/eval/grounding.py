@@ -302,14 +302,25 @@ def grounded_ranks(
     canon = _canonical_ids(titles) if titles is not None else None
     ranks = np.empty(len(targets), dtype=np.int64)
     for i, (beams, target) in enumerate(zip(beam_rankings_per_sample, targets)):
-        if mode == "top_beam":
-            ranking = list(beams[0]) if len(beams) else []
-        else:
-            if canon is not None:
-                beams = [[canon[int(x)] for x in beam] for beam in beams]
-            ranking = interleave_beams(beams, cut=cut)
-        ranks[i] = rank_of(int(target), ranking, titles)
+        ranks[i] = rank_of(int(target), final_ranking(beams, mode, canon, cut), titles)
     return ranks
+
+
+def final_ranking(beams: Sequence[Sequence[int]], mode: str, canon: Mapping[int, int] | None = None,
+                  cut: int = 500) -> list[int]:
+    """One sample's item ranking from its beams' rankings, by ``mode`` (see :func:`grounded_ranks`).
+
+    ``canon``: item → representative item of its title (``interleave`` merges on it), or None."""
+    if mode == "top_beam":
+        return list(beams[0]) if len(beams) else []
+    if canon is not None:
+        beams = [[canon[int(x)] for x in beam] for beam in beams]
+    return interleave_beams(beams, cut=cut)
+
+
+def canonical_ids(titles: Mapping[int, str]) -> dict[int, int]:
+    """Each item → the first item id (in ``titles`` order) carrying the same title."""
+    return _canonical_ids(titles)
 
 
 # ---------------------------------------------------------------------------- generation

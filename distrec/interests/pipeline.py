@@ -111,7 +111,7 @@ def read_labels(path: str | Path) -> pa.Table:
 
 def run_train(job: EimfJobConfig, labels_path: str | Path | None = None) -> dict:
     """``distrec eimf train``: one Ray Train run (ESIM when a labels table is given) + test metrics."""
-    from distrec.interests.ray_train import loopback_env
+    from distrec.train.launcher import loopback_env
 
     loopback_env(job.ray)
     data = load_data(job)
@@ -159,8 +159,8 @@ def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, enco
     The staged alternative to :func:`run_experiment`: ``eimf train`` -> ``eimf label --model
     <out>/ibim`` (run once, e.g. on a GPU node) -> ``eimf train --labels <out>/labels.parquet``
     as often as needed. Returns the labelling statistics (also in ``labelling.json``)."""
-    from distrec.interests.ray_train import load_eimf, loopback_env
-    from distrec.train.launcher import init_ray
+    from distrec.interests.ray_train import load_eimf
+    from distrec.train.launcher import init_ray, loopback_env
 
     loopback_env(job.ray)
     model, _, _ = load_eimf(model_path, heads=False)
@@ -176,8 +176,7 @@ def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, enco
 def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
     """All stages (module doc); returns and writes ``results.json`` + ``results.md`` in ``out_dir``."""
     from distrec.eval.environment import run_environment
-    from distrec.interests.ray_train import loopback_env
-    from distrec.train.launcher import init_ray
+    from distrec.train.launcher import init_ray, loopback_env
 
     started = time.perf_counter()
     loopback_env(job.ray)

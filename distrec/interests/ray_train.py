@@ -260,14 +260,6 @@ def _metrics(history: list[dict], epoch: int, n_steps: int, seconds: float, bank
 # --------------------------------------------------------------------------- driver
 
 
-def loopback_env(ray_cfg: RayConfig) -> None:
-    """Local runs keep Ray and torch.distributed on loopback; must precede ``import ray``."""
-    from distrec.train.launcher import LOOPBACK_ENV
-
-    if ray_cfg.address is None and not os.environ.get("RAY_ADDRESS"):
-        os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})
-
-
 def train_eimf_ray(
     samples_table: pa.Table,
     items_table: pa.Table,
@@ -286,6 +278,8 @@ def train_eimf_ray(
     writes the artefact (see :func:`load_eimf`). Starts a local Ray when none is running.
     """
     ray_cfg = ray_cfg or RayConfig(num_workers=1)
+    from distrec.train.launcher import loopback_env
+
     loopback_env(ray_cfg)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

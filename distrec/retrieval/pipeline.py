@@ -147,28 +147,8 @@ def build_retrieval(
         ray.init()
     started = time.perf_counter()
 
-    space: ItemSpace | None = None
-    encoder_info: dict[str, Any]
-    if item_vectors is not None:
-        ids, vectors = item_vectors
-        encoder_info = {"spec": "given", "dim": int(np.asarray(vectors).shape[1])}
-    elif cfg.order != "recent":
-        from distrec.retrieval.encoders import encode_items
-
-        ids, vectors, encoder_info = encode_items(
-            items,
-            manifest.get("dataset"),
-            spec=cfg.encoder,
-            n_actors=encode_actors or n_actors,
-            genres=cfg.item_text_genres,
-            batch_size=cfg.encode_batch_size,
-            use_cache=use_cache,
-        )
-    else:
-        ids = items.column("item_id").to_numpy().astype(np.int64)
-        vectors = np.zeros((ids.size, 1), dtype=np.float32)
-        encoder_info = {"spec": None, "note": "order='recent' needs no vectors"}
-    space = build_space(ids, vectors, dataclasses.replace(cfg, pca_dim=None) if cfg.order == "recent" else cfg)
+    space, encoder_info = item_space(items, manifest.get("dataset"), cfg, item_vectors=item_vectors,
+                                     encode_actors=encode_actors or n_actors, use_cache=use_cache)
     encoded_s = time.perf_counter() - started
 
     tasks = shard_tasks(src, manifest, n_actors, cfg.batch_size)
@@ -200,3 +180,31 @@ def build_retrieval(
         meta["subr"] = subr_meta
         storage.write_manifest(tmp, entries, items=items, users=users, meta=meta)
     return out
+
+
+def item_space(items: pa.Table, dataset: str | None, cfg: SubrConfig, *,
+               item_vectors: tuple[np.ndarray, np.ndarray] | None = None, encode_actors: int = 1,
+               use_cache: bool = True) -> tuple[ItemSpace, dict[str, Any]]:
+    """``(item space, encoder info)`` of an item table: its vectors (``item_vectors``, else
+    ``cfg.encoder`` through the embedding cache) after PCA and normalisation. Deterministic, so
+    ``distrec predict`` rebuilds the space a run's SUBR folder was made with."""
+    if item_vectors is not None:
+        ids, vectors = item_vectors
+        encoder_info = {"spec": "given", "dim": int(np.asarray(vectors).shape[1])}
+    elif cfg.order != "recent":
+        from distrec.retrieval.encoders import encode_items
+
+        ids, vectors, encoder_info = encode_items(
+            items,
+            dataset,
+            spec=cfg.encoder,
+            n_actors=encode_actors,
+            genres=cfg.item_text_genres,
+            batch_size=cfg.encode_batch_size,
+            use_cache=use_cache,
+        )
+    else:
+        ids = items.column("item_id").to_numpy().astype(np.int64)
+        vectors = np.zeros((ids.size, 1), dtype=np.float32)
+        encoder_info = {"spec": None, "note": "order='recent' needs no vectors"}
+    return build_space(ids, vectors, dataclasses.replace(cfg, pca_dim=None) if cfg.order == "recent" else cfg), encoder_info

@@ -28,6 +28,7 @@ class TokenizeActor:
     """Ray Data actor: loads the tokenizer and catalog once, tokenises batches of samples."""
 
     def __init__(self, job: dict, prepared_dir: str) -> None:
+        """``prepared_dir``: the folder whose ``items``/``users`` tables the prompts name."""
         import pyarrow.parquet as pq
 
         from distrec.config import job_config_from_dict
@@ -50,6 +51,12 @@ class TokenizeActor:
             self.markers = (HIST_TOKEN, TARGET_TOKEN)
 
     def __call__(self, batch) -> dict[str, Any]:
+        columns = self.tokenize(batch)
+        columns["split"] = np.asarray([Path(p).parent.name for p in _paths(batch)])
+        return columns
+
+    def tokenize(self, batch) -> dict[str, np.ndarray]:
+        """Token ids and the columns the tasks read, for a batch of prepared samples (also ``distrec predict``)."""
         from distrec.data.tokenize import tokenize_batch
 
         counterfactual = self.job.data.task == "generative" and self.job.cft.lam > 0
@@ -59,9 +66,7 @@ class TokenizeActor:
         )
         keep = {"sample_id", "user_id", "item_id", "label", "input_ids", "labels", "cf_input_ids", "cf_labels",
                 "n_truncated", "history_item_ids", "shown_item_ids"}
-        columns = {k: to_column(v) for k, v in out.items() if k in keep}
-        columns["split"] = np.asarray([Path(p).parent.name for p in _paths(batch)])
-        return columns
+        return {k: to_column(v) for k, v in out.items() if k in keep}
 
 
 def _paths(batch) -> list[str]:

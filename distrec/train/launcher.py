@@ -34,6 +34,13 @@ class RunResult:
     elapsed_s: float
 
 
+def loopback_env(cfg: RayConfig) -> None:
+    """Local runs keep Ray and torch.distributed on loopback. Must precede Ray's import: Ray reads
+    these when it decides which address to advertise."""
+    if cfg.address is None and not os.environ.get("RAY_ADDRESS"):
+        os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Join ``cfg.address``/$RAY_ADDRESS, or start a local loopback-only Ray."""
     import ray
@@ -117,9 +124,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
 
     ``run_dir``: for ``mode="eval"``, the run's distrec folder (local path or URI)."""
     started = time.perf_counter()
-    if job.ray.address is None and not os.environ.get("RAY_ADDRESS"):
-        # Must precede Ray's import: Ray reads these when it decides which address to advertise.
-        os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})
+    loopback_env(job.ray)
     from ray.train import (
         CheckpointConfig,
         DataConfig,

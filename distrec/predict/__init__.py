@@ -1,0 +1,1 @@
+"""``distrec predict``: score your own rows with a trained run (Ray Data actors, one model copy each)."""

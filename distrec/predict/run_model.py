@@ -1,0 +1,62 @@
+"""A trained run's model in one process, built by the same calls as the training workers.
+
+:func:`load_run_model` repeats the worker's build (backbone, SPA tokens, adapter, ReLLaX
+assembly with the run's CRM) without DeepSpeed and loads the run's selected trainable tensors
+(``selected_trainable.safetensors``, the state its test predictions came from), so a
+prediction and the run's own evaluation share every line of model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distrec.config import JobConfig
+
+
+@dataclass
+class RunModel:
+    model: torch.nn.Module  # eval mode, on ``device``
+    tokenizer: object
+    task: object  # distrec.objectives.tasks.CtrTask or GenerativeTask
+    device: torch.device
+
+
+class OneProcess:
+    """The strategy interface the evaluation helpers use, for a single process (rank 0 of 1)."""
+
+    rank, world_size, is_rank0 = 0, 1, True
+
+    @staticmethod
+    def all_gather_object(obj) -> list:
+        return [obj]
+
+
+def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.device) -> RunModel:
+    """The run's model with its selected weights; ``run``: the run's distrec folder (path or URI).
+
+    Raises ModelError when the run has no selected weights or they do not fit the config."""
+    from distrec.model.adapters import make_adapter
+    from distrec.model.backbone import build_model, load_tokenizer
+    from distrec.model.rellax import add_spa_tokens, assemble
+    from distrec.storage_uri import local_copy, locate
+    from distrec.train.checkpoint import SELECTED, load_selected
+    from distrec.train.loop import make_task
+
+    torch.manual_seed(job.train.seed)
+    tokenizer = load_tokenizer(job.model)
+    llm = build_model(job.model)
+    add_spa_tokens(job, tokenizer, llm)
+    adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
+    llm = adapter.attach(llm)
+    model, conditioning = assemble(job, llm, tokenizer, adapter, crm_dir, device)
+    with local_copy(locate(run) / SELECTED) as selected:
+        tensors = load_selected(model, Path(selected).parent)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(tensors[name])
+    model.to(device).eval()
+    return RunModel(model, tokenizer, make_task(job, tokenizer, device, conditioning), device)
