@@ -304,7 +304,7 @@ def test_grounded_ranks_come_back_in_row_order_from_two_ranks(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    metrics, _, ranks = out[0]
+    metrics, _, ranks, _ = out[0]
     assert np.array_equal(out[1][2], ranks)
     assert ranks.shape == (n,) and [i for i in range(n) if ranks[i] == 0] == [0, 3, 6, 9]
     assert metrics["hr@1"] == pytest.approx(4 / n) and metrics["n"] == n

@@ -57,13 +57,16 @@ MAX_NAMED = 10
 
 
 def ranking_predictions(sample_ids, user_ids, item_ids, ranks, ks: Sequence[int],
-                        hit_names: Sequence[str] = ("hr",)) -> pa.Table:
+                        hit_names: Sequence[str] = ("hr",), top_item_ids: Sequence[Sequence[int]] | None = None,
+                        ) -> pa.Table:
     """The per-row table of a ranking evaluation, sorted by ``sample_id``.
 
     Args:
         sample_ids, user_ids, item_ids: shape (n,); ``item_ids`` is the target item.
         ranks: shape (n,), 0-based rank of the target, -1 when not in the top ``max(ks)``.
         ks: the cut-offs the run evaluated; hit_names: ``("hr",)`` or ``("recall", "hr")``.
+        top_item_ids: optional (n,) lists, each row's ranking (best first, ``max(ks)`` long),
+            stored as ``top_item_ids`` (what ``distrec predict`` must reproduce).
     """
     order = np.argsort(np.asarray(sample_ids, dtype=np.int64), kind="stable")
     table = pa.table({
@@ -71,6 +74,8 @@ def ranking_predictions(sample_ids, user_ids, item_ids, ranks, ks: Sequence[int]
         "user_id": np.asarray(user_ids, dtype=np.int64)[order],
         "item_id": np.asarray(item_ids, dtype=np.int64)[order],
         "rank": np.asarray(ranks, dtype=np.int64)[order],
+        **({"top_item_ids": pa.array([list(top_item_ids[i]) for i in order], pa.list_(pa.int64()))}
+           if top_item_ids is not None else {}),
     })
     meta = {KS_KEY: json.dumps([int(k) for k in ks]).encode(), HIT_KEY: json.dumps(list(hit_names)).encode()}
     return table.replace_schema_metadata(meta)

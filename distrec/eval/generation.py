@@ -19,7 +19,7 @@ naming the split and the first item or sample (:mod:`distrec.eval.finite`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -29,6 +29,8 @@ from distrec.eval.finite import evaluation_point, require_finite
 from distrec.eval.grounding import (
     ItemIndex,
     clean_title,
+    canonical_ids,
+    final_ranking,
     generate_beams,
     grounded_ranks,
     last_token_states,
@@ -95,6 +97,13 @@ def _require_finite_everywhere(strategy, vectors: np.ndarray, usable: np.ndarray
         )
 
 
+class GroundedMetrics(NamedTuple):
+    metrics: dict
+    examples: list
+    ranks: np.ndarray  # (n,) int64
+    top_item_ids: list  # n lists of item ids, best first
+
+
 @dataclass
 class Grounded:
     """Beam search grounded to the catalogue, for ``n`` prompts of ``b`` beams each.
@@ -133,7 +142,7 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
                      max_new_tokens: int = 64, min_new_tokens: int = 4, batch_size: int = 8,
                      mode: str = "top_beam", ks: Sequence[int] = (1, 3, 5, 10, 20),
                      merge_duplicate_titles: bool = True, split: str = "test",
-                     step: int | None = None) -> tuple[dict[str, float], list[str], np.ndarray]:
+                     step: int | None = None) -> GroundedMetrics:
     """HR@K / NDCG@K of grounded beam-search generations for every row of a split.
 
     Args:
@@ -144,10 +153,11 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
         split, step: where the evaluation runs, for error messages.
 
     Returns:
-        ``(metrics, examples, ranks)``: ``hr@k``, ``ndcg@k``, ``empty_rate``, ``empty_top_rate``
-        and ``n``; a few readable examples (this rank's first rows: top beam, grounded item,
-        target) for the run's TensorBoard text tab; and the 0-based rank of every row's target
-        (int64, in the order of ``rows``; -1 = not in the top ``max(ks)``) for per-row results.
+        :class:`GroundedMetrics` ``(metrics, examples, ranks, top_item_ids)``: ``hr@k``,
+        ``ndcg@k``, ``empty_rate``, ``empty_top_rate`` and ``n``; a few readable examples (this
+        rank's first rows: top beam, grounded item, target) for the run's TensorBoard text tab;
+        the 0-based rank of every row's target (int64, in the order of ``rows``; -1 = not in
+        the top ``max(ks)``); and every row's final ranking, cut at ``max(ks)``.
 
     Raises:
         ModelError: an item or generated-title embedding is NaN or infinite.
@@ -173,12 +183,17 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
     per_row = grounded.rankings[:n_rows]
     targets = rows["item_id"][rows_share][:n_rows]
     local = grounded_ranks(per_row, targets, titles=names if merge_duplicate_titles else None, mode=mode).tolist()
+    canon = canonical_ids(names) if merge_duplicate_titles else None
+    local_top = [final_ranking(beams_of_row, mode, canon)[:max(ks)] for beams_of_row in per_row]
     empty = (~named).reshape(len(prompts), num_beams)[:n_rows]
     ranks = np.full(len(rows["sample_id"]), -1, dtype=np.int64)
+    top: list[list[int]] = [[] for _ in range(len(ranks))]
     n_empty = n_empty_top = 0
-    for positions, part, beams_empty, tops_empty in strategy.all_gather_object(
-            (rows_share[:n_rows].tolist(), local, int(empty.sum()), int(empty[:, 0].sum()))):
+    for positions, part, part_top, beams_empty, tops_empty in strategy.all_gather_object(
+            (rows_share[:n_rows].tolist(), local, local_top, int(empty.sum()), int(empty[:, 0].sum()))):
         ranks[positions] = part
+        for position, items in zip(positions, part_top):
+            top[position] = items
         n_empty, n_empty_top = n_empty + beams_empty, n_empty_top + tops_empty
     n = int(len(ranks))
     examples = [f"generated: {beams[i][0]!r} -> grounded: "
@@ -186,4 +201,4 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
                 f"target: {names[int(targets[i])]!r} (rank {local[i]})" for i in range(min(4, n_rows))]
     metrics = {**rank_metrics(ranks, ks=tuple(ks)), "empty_rate": n_empty / max(n * num_beams, 1),
                "empty_top_rate": n_empty_top / max(n, 1), "n": n}
-    return metrics, examples, ranks
+    return GroundedMetrics(metrics, examples, ranks, top)

@@ -88,6 +88,12 @@ def _exclusion_mask(cand: np.ndarray, exclude: Sequence[np.ndarray] | None) -> n
     return out
 
 
+def history_exclusions(hist: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """Per row of a padded history (rows [B, L], bool mask [B, L]), the item positions (0..N-1,
+    sorted, unique) it holds: what ``eval.exclude_history`` keeps out of that row's ranking."""
+    return [np.unique(h[m] - 1) for h, m in zip(hist, mask)]
+
+
 def merged_topn(
     interests: np.ndarray,
     items: np.ndarray,
@@ -191,7 +197,7 @@ def evaluate_retrieval(
         require_finite(inter, None if sample_ids is None else sample_ids[sl], where=where, what="interest set")
         exclude = None
         if cfg.exclude_history:
-            exclude = [np.unique(h[m] - 1) for h, m in zip(data.hist[sl], data.mask[sl])]
+            exclude = history_exclusions(data.hist[sl], data.mask[sl])
         t, sc = merged_topn(inter, item_vecs, n, exclude, faiss_index)
         tops.append(t)
         scores.append(sc)

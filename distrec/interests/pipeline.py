@@ -93,6 +93,7 @@ def train_stage(job: EimfJobConfig, data: EimfData, labels: pa.Table | None, sta
     write_parquet_file(test.pop("rows"), out / "predictions_test.parquet")  # per-row results for `distrec compare`
     report = {
         "artefact": str(out),
+        "prepared": str(data.folder),  # distrec predict rebuilds user histories from its interaction log
         "train": {k: v for k, v in metrics.items() if k != "history"},
         "train_wall_s": train_wall,
         "test": test,

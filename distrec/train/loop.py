@@ -271,7 +271,7 @@ def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -
     module = ctx.engine.module
     gathered = ctx.strategy.gathered(module.parameters()) if e.gather_for_generation else contextlib.nullcontext()
     with gathered:
-        metrics, examples, ranks = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles),
+        metrics, examples, ranks, top = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles),
                                                     num_beams=e.num_beams, max_new_tokens=e.max_new_tokens,
                                                     min_new_tokens=e.min_new_tokens, batch_size=e.batch_size,
                                                     mode=e.grounding, ks=e.ks,
@@ -284,7 +284,8 @@ def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -
         from distrec.eval.intervals import ranking_intervals
 
         _write_predictions(ctx.run_dir / "predictions_test.parquet",
-                           ranking_predictions(rows["sample_id"], rows["user_id"], rows["item_id"], ranks, e.ks))
+                           ranking_predictions(rows["sample_id"], rows["user_id"], rows["item_id"], ranks, e.ks,
+                                               top_item_ids=top))
         metrics.update(ranking_intervals(ranks, rows["user_id"], e.ks))
     return metrics
 
