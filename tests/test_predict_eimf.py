@@ -264,3 +264,23 @@ def test_spec_checks_columns_and_data_up_front(toy_run, tmp_path):
     (bare.parent / "results.json").write_text(json.dumps({"prepared": str(prepared)}))  # as `eimf experiment` writes it
     assert run_prepared(bare) == prepared
     assert eimf_spec(str(bare), pa.schema([("user_id", pa.int64())]), 10, 8, False).kwargs["prepared"] == str(prepared)
+
+
+def test_cli_finds_the_prepared_data_from_the_run_and_equals_the_pipeline(toy_run, test_split, tmp_path):
+    """``distrec predict --run <stage folder>``: the run's report names its prepared data."""
+    from typer.testing import CliRunner
+
+    from distrec.cli import app
+
+    run, prepared = toy_run
+    queries = test_split.select(["sample_id", "user_id", "timestamp", "item_id"])
+    pq.write_table(queries, tmp_path / "queries.parquet")
+    out = CliRunner().invoke(app, ["predict", "--run", str(run), "--input", str(tmp_path / "queries.parquet"),
+                                   "--out", str(tmp_path / "cli"), "--top-k", str(TOP_N)])
+    assert out.exit_code == 0, out.output
+    assert f"predicted {queries.num_rows} of {queries.num_rows} rows (eimf)" in out.output
+    _predict(_spec(run, queries, prepared), tmp_path / "queries.parquet", tmp_path / "direct")
+    cli, direct = _read_out(tmp_path / "cli"), _read_out(tmp_path / "direct")
+    assert cli.drop(["top_scores"]).equals(direct.drop(["top_scores"]))  # other batch and chunk sizes
+    np.testing.assert_allclose(np.concatenate(cli.column("top_scores").to_pylist()),
+                               np.concatenate(direct.column("top_scores").to_pylist()), rtol=1e-5, atol=1e-6)

@@ -118,3 +118,25 @@ def test_exported_rellax_reproduces_the_runs_predictions_without_deepspeed(rella
     assert len(preds) == len(mine) == 32
     np.testing.assert_allclose(preds.p_yes.to_numpy(), [mine[s] for s in preds.sample_id],
                                atol=REPRODUCTION_ATOL[job.model.dtype])
+
+
+def test_distrec_predict_reproduces_the_runs_test_predictions(rellax_run, tmp_path):
+    """Train/serve parity for ReLLaX: rows of (user_id, item_id, timestamp) go through SUBR, the
+    CRM features, SPA and the generated CFLoRA context inside Ray Data actors."""
+    import pyarrow.parquet as pq
+
+    from distrec.data import storage
+    from distrec.predict.driver import predict
+    from distrec.predict.pipeline import PredictOptions
+    from distrec.train.artefacts import ensure_prepared
+
+    job, result = rellax_run
+    rows = storage.open_split(ensure_prepared(job), "test").select(["sample_id", "user_id", "item_id", "timestamp"])
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    predict(str(result.run_dir), str(tmp_path / "rows.parquet"), str(tmp_path / "out"),
+            PredictOptions(actors=2, chunk_rows=16, progress=False))
+    got = pq.read_table(tmp_path / "out").to_pandas().merge(
+        pq.read_table(result.run_dir / "predictions_test.parquet").to_pandas(), on="sample_id", suffixes=("", "_run"))
+    assert len(got) == 32
+    atol = 1e-5 if job.model.dtype == "fp32" else REPRODUCTION_ATOL["bf16"]
+    np.testing.assert_allclose(got.p_yes, got.p_yes_run, atol=atol)
