@@ -260,6 +260,7 @@ def run_predict(spec: ScorerSpec, input_spec: str, out: str, opts: PredictOption
         return {**meta, "method": spec.method, "input": input_spec, "rows_in": rows_in,
                 "rows_out": sum(e["rows"] for e in entries), "bad_rows": len(bad), "bad_examples": bad[:MAX_REASONS],
                 "actors": opts.actors, "elapsed_s": elapsed, "rows_per_s": rows_in / max(elapsed, 1e-9),
+                "scoring_s": sum(e["seconds"] for e in entries),  # summed over actors: model time without start-up
                 "files": [{k: e[k] for k in ("path", "rows", "sha256")} for e in entries]}
 
     if not is_uri(out):

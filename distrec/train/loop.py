@@ -232,6 +232,7 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
     limit = ctx.job.eval.max_samples if split == "valid" else None
     if limit is not None:
         rows = {k: v[:limit] for k, v in rows.items()}
+    started = time.perf_counter()
     local: list[tuple] = []
     batches = eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size)
     n_batches = -(-len(rows["sample_id"]) // (strategy.world_size * ctx.job.eval.batch_size))
@@ -239,9 +240,11 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
                               mininterval=10):
         local.extend(task.eval_rows(ctx.engine, batch, n_real))
     unique = {row[0]: row for part in strategy.all_gather_object(local) for row in part}
+    seconds = time.perf_counter() - started
     metrics, columns = task.metrics(list(unique.values()), split=split, step=step)
     ctx.monitor.scalars(step if step is not None else 0,
-                        {f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+                        {**{f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                         f"throughput/eval_{split}_rows_per_s": len(rows["sample_id"]) / max(seconds, 1e-9)})
     if write and strategy.is_rank0 and columns:
         _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", columns)
         if "p_yes" in columns:
