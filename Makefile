@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 # models, prepared data), so a warm cache can never hide a missing step. pip's cache stays.
 test: setup
 	$(VENV)/bin/ruff check --select F distrec tests jobs
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/vulture distrec jobs vulture_whitelist.py --min-confidence 60
 	home=$$(mktemp -d -t distrec-test-home.XXXXXX) && trap 'rm -rf "$$home"' EXIT && \
 	  DISTREC_HOME=$$home DISTREC_TEST_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider
 

@@ -19,11 +19,11 @@ def main(argv: list[str]) -> dict:
     from distrec.config import load_job_config
     from distrec.train.faults import consumed
     from distrec.train.launcher import run_job
-    from distrec.train.monitor import read_texts
+    from distrec.eval.tensorboard import read_texts
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     killed = run_job(load_job_config("jobs/soak.yaml", [*argv, f"ray.run_name=soak-{stamp}-killed"]))
-    clean = run_job(load_job_config("jobs/soak.yaml", [*argv, "train.kill_at_steps=[]", "train.record_samples=false",
+    clean = run_job(load_job_config("jobs/soak.yaml", [*argv, "debug.kill_at_steps=[]", "debug.record_samples=false",
                                                        f"ray.run_name=soak-{stamp}-clean"]))
     a = load_file(str(killed.run_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(clean.run_dir / "adapter" / "adapter_model.safetensors"))

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from distrec.data.storage import write_parquet_file
 from distrec.errors import DataError
 from distrec.eval.compare import compare_runs, delong, load_predictions, ranking_predictions
-from distrec.eval.ctr_metrics import ctr_metrics
-from distrec.eval.ranking_metrics import rank_metrics
+from distrec.metrics.ctr_metrics import ctr_metrics
+from distrec.metrics.ranking_metrics import rank_metrics
 
 # ------------------------------------------------------------------------------------ DeLong
 

@@ -120,7 +120,7 @@ def test_train_din_learns_selects_on_valid_and_round_trips(tmp_path):
 
     probs = predict(model, _tensors(table, cfg))
     assert np.allclose(torch.sigmoid(logit).detach().numpy(), probs, atol=1e-6)
-    from distrec.eval.ctr_metrics import ctr_metrics
+    from distrec.metrics.ctr_metrics import ctr_metrics
 
     assert ctr_metrics(table.column("label").to_numpy(), probs, table.column("user_id").to_numpy())["auc"] == pytest.approx(metrics["test"]["auc"])
     again = load_din(tmp_path / "din")

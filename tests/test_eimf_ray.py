@@ -334,3 +334,11 @@ def test_experiment_end_to_end(ray_local, prepared, tmp_path):
     assert "| IBIM (ComiRec-SA) alone |" in md and "| EIMF (IBIM + ESIM) |" in md and "8 generations" in md
     for stage in ("ibim", "eimf"):
         assert load_eimf(tmp_path / "out" / stage)[0].backbone is not None
+
+
+def test_golden_per_step_losses_of_the_eimf_toy_run(runs, samples, items, labels):
+    """2 DDP workers, 2 epochs of 9 global batches, fp32 (tests/golden.py)."""
+    from golden import check
+
+    _, metrics, _ = runs("w2", samples, items, labels)
+    check("eimf_toy_w2", losses(metrics))

@@ -14,7 +14,7 @@ from field_inputs_tools import OneProcess, byte_tokenizer, generative_rows, item
 from distrec.config import JobConfig
 from distrec.data.prompts import Catalog
 from distrec.errors import ModelError
-from distrec.eval.ctr_metrics import ctr_metrics
+from distrec.metrics.ctr_metrics import ctr_metrics
 from distrec.eval.generation import grounded_metrics
 from distrec.objectives.tasks import Batchify, CtrTask, GenerativeTask
 

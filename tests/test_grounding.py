@@ -18,7 +18,7 @@ from distrec.eval.grounding import (
     last_token_states,
     rank_of,
 )
-from distrec.eval.ranking_metrics import rank_metrics
+from distrec.metrics.ranking_metrics import rank_metrics
 
 WORDS = ["red", "green", "blue", "apple", "car", "big", "small", "book", "the", "of", "user",
          "likes", "next", "item", ":", '"']

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from distrec.eval.ctr_metrics import ctr_metrics
+from distrec.metrics.ctr_metrics import ctr_metrics
 from distrec.eval.intervals import (
     CTR_NAMES,
     bootstrap_users,
@@ -25,7 +25,7 @@ from distrec.eval.intervals import (
     ranking_statistic,
     ratio_statistic,
 )
-from distrec.eval.ranking_metrics import rank_metrics
+from distrec.metrics.ranking_metrics import rank_metrics
 
 SAMPLE = np.array([2.1, 3.4, 1.9, 5.6, 4.4, 0.7, 3.3, 2.8, 6.1, 4.0, 3.9, 1.2])
 
@@ -140,7 +140,8 @@ def test_one_user_or_a_missing_class_gives_nan_bounds_not_an_error():
 
 
 def test_hparams_record_both_bounds_of_an_interval(tmp_path):
-    from distrec.train.monitor import Monitor, read_scalars
+    from distrec.train.monitor import Monitor
+    from distrec.eval.tensorboard import read_scalars
 
     with Monitor(tmp_path / "tb") as monitor:
         monitor.hparams({"train.lr": 0.001}, {"test_auc": 0.61, "test_ci": {"auc": [0.55, 0.67]}})

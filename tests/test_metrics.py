@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from distrec.eval.ctr_metrics import ctr_metrics
-from distrec.eval.ranking_metrics import interleave_beams, rank_metrics, recall_at_k
+from distrec.metrics.ctr_metrics import ctr_metrics
+from distrec.metrics.ranking_metrics import interleave_beams, rank_metrics, recall_at_k
 
 
 def test_ctr_metrics_four_samples_by_hand() -> None:

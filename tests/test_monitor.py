@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distrec.train.monitor import Monitor, peak_memory_bytes, read_hparams, read_scalars, read_texts
+from distrec.train.monitor import Monitor, peak_memory_bytes
+from distrec.eval.tensorboard import read_hparams, read_scalars, read_texts
 
 
 def test_scalars_text_hparams_round_trip(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from safetensors.torch import load
 from test_train_ray import REPO, adapter_tensors, kill_driver_after_first_checkpoint, tiny_job
 
 from distrec.train.launcher import run_job
-from distrec.train.monitor import read_scalars, read_texts
+from distrec.eval.tensorboard import read_scalars, read_texts
 
 pytestmark = pytest.mark.ray
 BUCKET = "distrec-runs"

@@ -188,3 +188,32 @@ def test_generative_top_k_equals_the_runs_own_test_rankings(ray_local, tmp_path)
         assert len(scores) == len(row.top_item_ids) and np.all(scores <= 0)
         named += bool(len(row.top_item_ids))
     assert named >= 4, "too few rows named a title for the comparison to mean anything"
+
+
+def test_input_and_output_on_object_storage(ctr_run, test_rows, tmp_path):
+    """Rows read from and scores written to a real S3 server (moto on 127.0.0.1), read back by boto3."""
+    import io
+
+    from s3_server import boto3_client, get, keys, s3_bucket
+
+    _, run = ctr_run
+    path, _ = test_rows
+    with s3_bucket("predict") as bucket:
+        boto3_client().put_object(Bucket="predict", Key="in/rows.parquet", Body=path.read_bytes())
+        result = predict(str(run), f"{bucket}/in", f"{bucket}/out/scored",
+                         PredictOptions(actors=2, chunk_rows=16, progress=False))
+        listed = keys("predict", "out/scored")
+        assert listed == ["out/scored/_manifest.json", "out/scored/part-00000.parquet", "out/scored/part-00001.parquet"]
+        got = pa.concat_tables([pq.read_table(io.BytesIO(get("predict", k))) for k in listed[1:]]).to_pandas()
+        assert json.loads(get("predict", "out/scored/_manifest.json"))["rows_out"] == 32 == result.manifest["rows_out"]
+        with pytest.raises(ConfigError, match="already exists"):
+            predict(str(run), f"{bucket}/in", f"{bucket}/out/scored", PredictOptions(progress=False))
+        bad = _bad_input(test_rows, tmp_path)
+        boto3_client().put_object(Bucket="predict", Key="bad/rows.parquet", Body=bad.read_bytes())
+        with pytest.raises(DataError, match="row 1"):
+            predict(str(run), f"{bucket}/bad", f"{bucket}/out/failed", PredictOptions(progress=False))
+        assert keys("predict", "out/failed") == []  # its shards were removed, no manifest published
+    want = pq.read_table(run / "predictions_test.parquet").to_pandas()
+    merged = got.merge(want, on="sample_id", suffixes=("", "_run"))
+    assert len(merged) == 32
+    np.testing.assert_allclose(merged.p_yes, merged.p_yes_run, atol=PARITY_ATOL)

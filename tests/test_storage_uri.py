@@ -110,7 +110,8 @@ def test_staging_a_local_run_folder_writes_in_place(tmp_path):
 
 def test_tensorboard_events_reach_the_bucket_and_read_back_equal(s3, tmp_path):
     from distrec.eval.report import publish_report
-    from distrec.train.monitor import Monitor, read_scalars, read_texts
+    from distrec.train.monitor import Monitor
+    from distrec.eval.tensorboard import read_scalars, read_texts
 
     run = locate(s3) / "tb-run" / "distrec"
     with Staging(run) as staging:
@@ -157,8 +158,8 @@ def test_fault_injection_with_object_storage_is_refused_before_anything_runs():
     from distrec.train.launcher import run_job
 
     job = load_job_config(Path(__file__).parents[1] / "jobs" / "tiny.yaml",
-                          ["ray.storage_path=memory://refused", "train.kill_at_steps=[2]"])
-    with pytest.raises(ConfigError, match=r"train.kill_at_steps need a local ray.storage_path.*memory://refused"):
+                          ["ray.storage_path=memory://refused", "debug.kill_at_steps=[2]"])
+    with pytest.raises(ConfigError, match=r"debug.kill_at_steps need a local ray.storage_path.*memory://refused"):
         run_job(job)
 
 

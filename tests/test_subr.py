@@ -14,7 +14,8 @@ from distrec.data import storage
 from distrec.data.schema import CTR_SAMPLES, ITEMS, USERS
 from distrec.errors import DataError
 from distrec.retrieval.item_text import item_text, item_texts
-from distrec.retrieval.subr import SubrConfig, build_space, retrieve_arrays, retrieve_table
+from distrec.config.subr import SubrConfig
+from distrec.retrieval.subr import build_space, retrieve_arrays, retrieve_table
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from distrec.config import load_job_config
 from distrec.train.launcher import run_job
-from distrec.train.monitor import read_scalars
+from distrec.eval.tensorboard import read_scalars
 
 pytestmark = pytest.mark.ray
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "tiny_cft.yaml"
@@ -51,3 +51,12 @@ def test_accumulated_weighted_loss_equals_a_larger_micro_batch(storage, cft_run)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_golden_per_step_losses_of_the_tiny_cft_run(cft_run):
+    """8 steps of L_n + λ·L_c, 2 ZeRO-3 workers, fp32 (tests/golden.py)."""
+    from golden import check
+
+    scalars = read_scalars(cft_run.run_dir / "tensorboard")
+    check("tiny_cft", [v for _, v in scalars["train/loss"]])
+    check("tiny_cft_loss_c", [v for _, v in scalars["train/loss_c"]])

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from distrec.config import load_job_config
 from distrec.train.launcher import run_job
-from distrec.train.monitor import read_scalars
+from distrec.eval.tensorboard import read_scalars
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_each_rank_holds_about_half_of_every_partitioned_parameter(baseline):
 
 
 def test_loss_decreases_and_tensorboard_events_read_back(baseline):
-    from distrec.train.monitor import read_texts
+    from distrec.eval.tensorboard import read_texts
 
     scalars = read_scalars(baseline.run_dir / "tensorboard")
     loss = [v for _, v in scalars["train/loss"]]
@@ -158,10 +158,10 @@ def test_killed_worker_restarts_from_its_checkpoint_to_the_identical_adapter(sto
     Ray Train restarts the group from step 3, steps 4-5 run again, and the run ends exactly
     where the uninterrupted one did, having consumed every training row once per epoch."""
     from distrec.train.faults import consumed
-    from distrec.train.monitor import read_texts
+    from distrec.eval.tensorboard import read_texts
 
-    killed = run_job(tiny_job(storage, "killed", "ray.max_failures=1", "train.kill_at_steps=[5]",
-                              "train.record_samples=true"))
+    killed = run_job(tiny_job(storage, "killed", "ray.max_failures=1", "debug.kill_at_steps=[5]",
+                              "debug.record_samples=true"))
     assert (killed.run_dir / "faults" / "killed_at_step_5").is_file()
     assert any("resumed at step 3" in t for t in read_texts(killed.run_dir / "tensorboard")["events/resume"])
     assert_same_adapter(killed, baseline, atol=1e-6)
@@ -178,10 +178,10 @@ def test_kill_during_a_checkpoint_copy_leaves_the_previous_one_to_resume_from(st
     still there, the restart resumes from it, and the run ends with the uninterrupted adapter.
     At the end the one kept checkpoint is the last step's, complete (both ranks' files)."""
     from distrec.train.faults import SNAPSHOT
-    from distrec.train.monitor import read_texts
+    from distrec.eval.tensorboard import read_texts
 
     run = run_job(tiny_job(storage, "ckptkill", "ray.max_failures=1", "ray.num_to_keep=1",
-                           "train.kill_in_checkpoint_at_steps=[6]"))
+                           "debug.kill_in_checkpoint_at_steps=[6]"))
     partial_name, copied, _, total = (run.run_dir / "faults" / "killed_in_checkpoint_6").read_text().split()[:4]
     snapshot = json.loads((storage / "ckptkill" / SNAPSHOT).read_text())
     registered = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
@@ -232,7 +232,7 @@ def test_killed_driver_then_same_run_name_resumes_from_its_checkpoint(storage, b
     """Issue 8: SIGKILL the `distrec train` driver once its first checkpoint is in storage;
     re-running with the same run name resumes (it does not start over) and ends where the
     uninterrupted run did. The baseline, a new name, shows no resume: never by accident."""
-    from distrec.train.monitor import read_texts
+    from distrec.eval.tensorboard import read_texts
 
     kill_driver_after_first_checkpoint(storage, "driverkill", ray_local, tmp_path / "driver.log")
     assert not (storage / "driverkill" / "distrec" / "metrics_train.json").exists()  # it really died mid-run
@@ -242,3 +242,12 @@ def test_killed_driver_then_same_run_name_resumes_from_its_checkpoint(storage, b
     assert any(t.startswith("resumed at step") and "step 0 " not in t for t in events), events
     assert_same_adapter(resumed, baseline, atol=1e-6)
     assert "events/resume" not in read_texts(baseline.run_dir / "tensorboard")
+
+
+def test_golden_per_step_losses_of_the_tiny_lora_ctr_run(baseline):
+    """12 steps, 2 ZeRO-3 workers, fp32 (tests/golden.py)."""
+    from golden import check
+
+    losses = read_scalars(baseline.run_dir / "tensorboard")["train/loss"]
+    assert [s for s, _ in losses] == list(range(1, 13))
+    check("tiny_lora_ctr", [v for _, v in losses])

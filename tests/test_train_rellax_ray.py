@@ -70,7 +70,7 @@ def test_rellax_run_trains_and_exports_every_part(rellax_run):
 
 
 def test_prompts_carry_retrieved_items_and_placeholders(rellax_run):
-    from distrec.train.monitor import read_texts
+    from distrec.eval.tensorboard import read_texts
 
     _, result = rellax_run
     prompt = read_texts(result.run_dir / "tensorboard")["samples/prompt"][0]

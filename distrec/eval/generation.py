@@ -13,7 +13,7 @@ grounds to its item at rank 0. A beam that names no title (empty, blanks, ``""``
 grounded: it ranks no item. Such beams are still embedded, so every rank runs the same forwards.
 Their share is reported next to HR/NDCG: ``empty_rate`` (of all beams) and ``empty_top_rate``
 (of top beams). A non-finite item or generation embedding stops the evaluation with an error
-naming the split and the first item or sample (:mod:`distrec.eval.finite`).
+naming the split and the first item or sample (:mod:`distrec.metrics.finite`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from distrec.data.titles import normalise_title
 from distrec.errors import DataError, ModelError
-from distrec.eval.finite import evaluation_point, require_finite
+from distrec.metrics.finite import evaluation_point, require_finite
 from distrec.eval.grounding import (
     ItemIndex,
     clean_title,
@@ -35,7 +35,7 @@ from distrec.eval.grounding import (
     grounded_ranks,
     last_token_states,
 )
-from distrec.eval.ranking_metrics import rank_metrics
+from distrec.metrics.ranking_metrics import rank_metrics
 
 
 def equal_share(n: int, rank: int, world: int) -> tuple[np.ndarray, int]:

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from distrec.data.prompts.generative import title_from_response
-from distrec.eval.ranking_metrics import interleave_beams
-from distrec.objectives.ctr import position_ids_for
+from distrec.metrics.ranking_metrics import interleave_beams
+from distrec.data.batching import left_pad, position_ids_for
 
 GROUNDING_MODES = ("top_beam", "interleave")
 
@@ -65,18 +65,6 @@ def _fallback_token(tokenizer) -> int:
         if tid is not None:
             return int(tid)
     return 0
-
-
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lists of ids → ``(input_ids [n, T], attention_mask [n, T])``, left-padded."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def _model_device(model) -> torch.device:
@@ -123,7 +111,7 @@ def last_token_states(
                 batch = list(texts[start:start + batch_size])
                 encoded = tokenizer(batch, add_special_tokens=add_special_tokens)["input_ids"]
                 encoded = [ids if len(ids) else [fallback] for ids in encoded]
-                ids, mask = _left_pad(encoded, pad_id)
+                ids, mask = left_pad(encoded, pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 out = model(
                     input_ids=ids,
@@ -276,7 +264,7 @@ def grounded_ranks(
     mode: str = "top_beam",
     cut: int = 500,
 ) -> np.ndarray:
-    """0-based rank of each target for :func:`~distrec.eval.ranking_metrics.rank_metrics`.
+    """0-based rank of each target for :func:`~distrec.metrics.ranking_metrics.rank_metrics`.
 
     Args:
         beam_rankings_per_sample: per sample, per beam, a ranking of item ids (best first,
@@ -287,7 +275,7 @@ def grounded_ranks(
         mode: ``"top_beam"`` (original BIGRec grounding, ``evaluate_acc.py``: the top
             beam's ranking) or ``"interleave"`` (the "adjusted grounding",
             ``eval_acc_2.py``: beams merged rank-major by
-            :func:`~distrec.eval.ranking_metrics.interleave_beams`, de-duplicated, cut at
+            :func:`~distrec.metrics.ranking_metrics.interleave_beams`, de-duplicated, cut at
             ``cut``). Before interleaving, items are mapped to one representative per title,
             so one title cannot appear twice in the merged list via different item ids.
         cut: length of the interleaved list (``"interleave"`` only).
@@ -372,7 +360,7 @@ def generate_beams(
             for start in range(0, len(prompts), batch_size):
                 batch = list(prompts[start:start + batch_size])
                 encoded = tokenizer(batch, add_special_tokens=add_special_tokens)["input_ids"]
-                ids, mask = _left_pad(encoded, pad_id)
+                ids, mask = left_pad(encoded, pad_id)
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
                 texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
                 n_ret = kwargs["num_return_sequences"]

@@ -12,8 +12,8 @@ Every metric here is written as a function of the user multiplicities ``c`` (how
 each user was drawn; all ones = the original split), so one replicate costs a matrix
 product for the mean-type metrics (LogLoss, accuracy, HR@K, NDCG@K, Recall@K, UAUC) and a
 sparse product for the global AUC (its Mann-Whitney form over tied score groups). At ``c = 1`` every
-statistic equals the point metric of :mod:`distrec.eval.ctr_metrics` /
-:mod:`distrec.eval.ranking_metrics`.
+statistic equals the point metric of :mod:`distrec.metrics.ctr_metrics` /
+:mod:`distrec.metrics.ranking_metrics`.
 
 Defaults: :data:`N_RESAMPLES` = 2000 replicates, seed :data:`SEED` = 0
 (``numpy.random.default_rng``), level :data:`LEVEL` = 0.95. The same seed and the same
@@ -46,7 +46,7 @@ AUC_BATCH = 256
 """Replicates per block in :func:`weighted_auc_statistic` (bounds its [distinct scores, block] arrays)."""
 
 CTR_NAMES = ("auc", "uauc", "logloss", "accuracy")
-"""CTR metrics that get an interval (those of :func:`distrec.eval.ctr_metrics.ctr_metrics`)."""
+"""CTR metrics that get an interval (those of :func:`distrec.metrics.ctr_metrics.ctr_metrics`)."""
 
 
 @dataclass(frozen=True)
@@ -150,14 +150,14 @@ def stack(*stats: UserStatistic) -> UserStatistic:
 def ctr_statistic(labels, probs, user_ids) -> UserStatistic:
     """AUC, UAUC, LogLoss and accuracy (:data:`CTR_NAMES`, that order) as functions of users.
 
-    The same definitions as :func:`distrec.eval.ctr_metrics.ctr_metrics`: LogLoss of
+    The same definitions as :func:`distrec.metrics.ctr_metrics.ctr_metrics`: LogLoss of
     probabilities clipped to ``[PROB_EPS, 1 - PROB_EPS]``, accuracy at ``prob >= 0.5``, UAUC
     the unweighted mean of per-user AUCs over users with both labels. At ``c = 1`` the
     statistic equals ``ctr_metrics`` on the whole split (``tests/test_intervals.py``).
     """
     from sklearn.metrics import roc_auc_score
 
-    from distrec.eval.ctr_metrics import PROB_EPS
+    from distrec.metrics.ctr_metrics import PROB_EPS
 
     y = np.asarray(labels).reshape(-1).astype(np.int64)
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
@@ -181,10 +181,10 @@ def ranking_statistic(ranks, user_ids, ks: Sequence[int], hit_names: Sequence[st
 
     With one relevant item per row, HR@K = Recall@K; both are the mean over rows of "the
     target is in the top K". Per-user sums come from
-    :func:`distrec.eval.ranking_metrics.rank_metrics` on each user's rows.
+    :func:`distrec.metrics.ranking_metrics.rank_metrics` on each user's rows.
     Order: for each K, the hit names then ``ndcg@K``.
     """
-    from distrec.eval.ranking_metrics import rank_metrics
+    from distrec.metrics.ranking_metrics import rank_metrics
 
     r = np.asarray(ranks, dtype=np.int64).reshape(-1)
     codes, n_users = user_codes(user_ids)

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from matplotlib.figure import Figure
 
 from distrec.storage_uri import Location, Staging
-from distrec.train.monitor import flatten_dict, read_scalars
+from distrec.eval.tensorboard import flatten_dict, read_scalars
 
 CURVE_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # (file stem, title, tag prefixes): a tag belongs to the first group one of whose prefixes it starts with.

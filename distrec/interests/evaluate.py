@@ -10,7 +10,7 @@ maximum. Optionally the user's history items are excluded (each interest then se
 
 With one target per query, Recall@K = HR@K (1 iff the target is among the top K); NDCG@K =
 1/log2(rank + 2) for a hit at 0-based rank < K. Both come from
-:func:`distrec.eval.ranking_metrics.rank_metrics`; their 95 % intervals come from the bootstrap
+:func:`distrec.metrics.ranking_metrics.rank_metrics`; their 95 % intervals come from the bootstrap
 over users of :mod:`distrec.eval.intervals`, and the per-row ranks (``return_rows``) let
 ``distrec compare`` pair two runs on the same samples.
 """
@@ -25,9 +25,9 @@ import torch
 
 from distrec.errors import DataError
 from distrec.eval.compare import ranking_predictions
-from distrec.eval.finite import require_finite
+from distrec.metrics.finite import require_finite
 from distrec.eval.intervals import ranking_intervals
-from distrec.eval.ranking_metrics import rank_metrics, recall_at_k
+from distrec.metrics.ranking_metrics import rank_metrics, recall_at_k
 from distrec.interests.backbones import ItemIndex
 from distrec.interests.config import EimfEvalConfig
 

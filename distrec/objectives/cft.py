@@ -46,7 +46,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from distrec.objectives.ctr import position_ids_for
+from distrec.data.batching import position_ids_for
 
 IGNORE_INDEX = -100
 LINEAR_BETA = 0.25

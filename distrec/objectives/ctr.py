@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that start at 0 on each row's first real token (left padding)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+from distrec.data.batching import position_ids_for
 
 
 def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:

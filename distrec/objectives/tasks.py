@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distrec.train.data_stream import left_pad
+from distrec.data.batching import left_pad
 
 
 @dataclass
@@ -104,8 +104,8 @@ class CtrTask(_Task):
     def metrics(rows: list[tuple], split: str | None = None, step: int | None = None,
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``split``/``step`` name the evaluation point in the error a non-finite P(yes) raises."""
-        from distrec.eval.ctr_metrics import ctr_metrics
-        from distrec.eval.finite import evaluation_point
+        from distrec.metrics.ctr_metrics import ctr_metrics
+        from distrec.metrics.finite import evaluation_point
 
         table = np.array(sorted(rows), dtype=object)
         columns = {
@@ -190,7 +190,7 @@ class GenerativeTask(_Task):
     def metrics(self, rows: list[tuple], split: str | None = None, step: int | None = None,
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """A non-finite batch loss raises, naming ``split``/``step`` and the batch's first sample."""
-        from distrec.eval.finite import evaluation_point, require_finite
+        from distrec.metrics.finite import evaluation_point, require_finite
 
         table = np.array(sorted(rows), dtype=np.float64).reshape(-1, 5)
         require_finite(table[:, [1, 3]], table[:, 0].astype(np.int64), where=evaluation_point(split, step),

@@ -187,7 +187,7 @@ class EimfScorer:
 
     def __init__(self, run: str, top_n: int, batch_size: int, device: str = "cpu",
                  prepared: str | None = None, max_history: int | None = None) -> None:
-        from distrec.eval.finite import require_finite
+        from distrec.metrics.finite import require_finite
         from distrec.interests.evaluate import _backbone, build_index, item_matrix
         from distrec.interests.ray_train import load_eimf
 
@@ -251,7 +251,7 @@ class EimfScorer:
     def rank(self, histories: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Top-``top_n`` item ids [B, n] (-1 past the available items) and their float32 scores
         for item-id histories (oldest first, all in the catalogue), by the module doc's rule."""
-        from distrec.eval.finite import require_finite
+        from distrec.metrics.finite import require_finite
         from distrec.interests.backbones import pad_histories
         from distrec.interests.evaluate import history_exclusions, merged_topn, user_interests
 

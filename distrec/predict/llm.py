@@ -35,10 +35,11 @@ class LlmScorer:
 
         self.job = job_config_from_dict(job)
         self.batch_size, self.prepared = batch_size, Path(prepared)
-        items = storage.open_table(Path(prepared), "items").column("item_id").to_pylist()
         data = self.job.data
-        self.rules = SampleRules(data.task, data.max_history_stored if data.task == "ctr" else data.max_history,
-                                 frozenset(int(i) for i in items))
+        self.rules = SampleRules.from_tables(data.task,
+                                             data.max_history_stored if data.task == "ctr" else data.max_history,
+                                             storage.open_table(Path(prepared), "items"),
+                                             storage.open_table(Path(prepared), "users"))
         self.log = InteractionLog(storage.open_table(Path(source), "interactions"))
         self.tokenize = TokenizeActor(job, prepared).tokenize
         self.space = None

@@ -99,11 +99,10 @@ def input_files(spec: str) -> list[tuple[str, str]]:
     return files
 
 
-def read_file(spec: str, path: str, fmt: str) -> pa.Table:
-    """One input file, whole; DataError naming it when it is truncated or not that format."""
+def read_file(fs, path: str, fmt: str) -> pa.Table:
+    """One input file of filesystem ``fs``, whole; DataError naming it when it is truncated or not that format."""
     import pyarrow.dataset as pads
 
-    fs, _ = _filesystem(spec)
     try:
         return pads.dataset(path, format=fmt, filesystem=fs).to_table()
     except (pa.ArrowInvalid, OSError) as exc:
@@ -157,16 +156,17 @@ def tasks_for(files: list[tuple[str, str, int]], chunk_rows: int) -> list[dict[s
 
 class ScoreActor:
     """Ray Data actor: one scorer (one model copy); per task reads its rows, scores them and
-    writes one output shard under ``out_root`` (a local folder or a URI prefix)."""
+    writes one output shard under ``out_root`` of ``out_fs``. The filesystems travel from the
+    driver (pickled, as Ray Train ships its storage filesystem), endpoint settings included."""
 
-    def __init__(self, spec: ScorerSpec, input_spec: str, out_root: str) -> None:
+    def __init__(self, spec: ScorerSpec, input_fs, out_fs, out_root: str, local_out: bool) -> None:
         self.scorer = spec.factory(**spec.kwargs)
-        self.input_spec, self.out_root = input_spec, out_root
+        self.input_fs, self.out_fs, self.out_root, self.local_out = input_fs, out_fs, out_root, local_out
         self._source: tuple[str | None, pa.Table | None] = (None, None)
 
     def _read(self, path: str, fmt: str) -> pa.Table:
         if self._source[0] != path:
-            self._source = (path, read_file(self.input_spec, path, fmt))
+            self._source = (path, read_file(self.input_fs, path, fmt))
         return self._source[1]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -179,20 +179,13 @@ class ScoreActor:
             rows = self._read(task["src"], task["fmt"]).slice(task["lo"], task["hi"] - task["lo"])
             started = time.perf_counter()
             out, bad = self.scorer.score(rows)
-            fs, root = _filesystem(self.out_root)
-            target = f"{root.rstrip('/')}/{task['rel']}"
-            pq.write_table(out, target, filesystem=fs)
-            digest = sha256_file(Path(target)) if _is_local(self.out_root) else None
+            target = f"{self.out_root.rstrip('/')}/{task['rel']}"
+            pq.write_table(out, target, filesystem=self.out_fs)
+            digest = sha256_file(Path(target)) if self.local_out else None
             reasons = [{"file": task["src"], "row": task["lo"] + i, "reason": why} for i, why in bad]
             entries.append(json.dumps({"path": task["rel"], "rows": out.num_rows, "rows_in": rows.num_rows,
                                        "sha256": digest, "bad": reasons, "seconds": time.perf_counter() - started}))
         return pa.table({"rel": batch.column("rel"), "entry": pa.array(entries, pa.string())})
-
-
-def _is_local(spec: str) -> bool:
-    from distrec.storage_uri import is_uri
-
-    return not is_uri(spec)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -215,9 +208,13 @@ def _run_pool(tasks: list[dict[str, Any]], spec: ScorerSpec, input_spec: str, ou
 
     quiet_ray_data()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    from distrec.storage_uri import is_uri
+
+    out_fs, out_path = _filesystem(out_root)
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
         ScoreActor,
-        fn_constructor_kwargs={"spec": spec, "input_spec": input_spec, "out_root": out_root},
+        fn_constructor_kwargs={"spec": spec, "input_fs": _filesystem(input_spec)[0], "out_fs": out_fs,
+                               "out_root": out_path, "local_out": not is_uri(out_root)},
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=max(1, opts.actors)),

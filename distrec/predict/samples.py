@@ -6,7 +6,9 @@ Input columns: ``user_id`` and, for CTR, ``item_id`` (the candidate to score); o
 ``history_item_ids`` (oldest first; with ``history_ratings`` for CTR, whose prompts show
 ratings) that replace the log. Generative rows may carry ``item_id`` (the known next item,
 only used to order same-second interactions and to size the prompt as training did). Any other
-column is kept in the output untouched.
+column is kept in the output untouched. Ids are the run's dense ids (integers) or the
+dataset's own keys as text (``"cust-042"``, an ASIN, an ISBN: the ``source_id`` of the run's
+items/users tables), so a platform's own ids go in and come out unchanged.
 
 Rows that cannot be scored are returned with a reason, never raised: an empty ``user_id``, an
 item outside the run's catalogue, a user the log lacks (without explicit history), or an
@@ -15,7 +17,8 @@ empty history.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -44,11 +47,33 @@ def check_columns(schema: pa.Schema, task: str, where: str) -> None:
 
 @dataclass(frozen=True)
 class SampleRules:
-    """What the run's data config fixes about samples."""
+    """What the run's data config and tables fix about samples."""
 
     task: str  # "ctr" or "generative"
     max_history: int | None  # CTR: data.max_history_stored; generative: data.max_history
     catalogue: frozenset  # item ids the run can name
+    item_keys: Mapping[str, int] = field(default_factory=dict)  # raw key (items.source_id) -> item id
+    user_keys: Mapping[str, int] = field(default_factory=dict)  # raw key (users.source_id) -> user id
+
+    @classmethod
+    def from_tables(cls, task: str, max_history: int | None, items: pa.Table, users: pa.Table) -> "SampleRules":
+        def keys(table: pa.Table, id_column: str) -> dict[str, int]:
+            if "source_id" not in table.column_names:
+                return {}
+            return {k: int(i) for k, i in zip(table.column("source_id").to_pylist(), table.column(id_column).to_pylist())
+                    if k is not None}
+
+        return cls(task, max_history, frozenset(int(i) for i in items.column("item_id").to_pylist()),
+                   keys(items, "item_id"), keys(users, "user_id"))
+
+
+def _translate(value, keys: Mapping[str, int], what: str):
+    """A text id (the dataset's own key, e.g. "cust-042") -> its dense id; ``(id, reason)``."""
+    if isinstance(value, str):
+        if value not in keys:
+            return None, f"{what} {value!r} is not a key of the run's {'items' if what == 'item_id' else 'users'} table"
+        return keys[value], ""
+    return value, ""
 
 
 def _column(rows: pa.Table, name: str) -> list:
@@ -64,14 +89,14 @@ def build_samples(rows: pa.Table, log: InteractionLog, rules: SampleRules) -> tu
     out: dict[str, list] = {f.name: [] for f in (CTR_SAMPLES if rules.task == "ctr" else GENERATIVE_SAMPLES)}
     kept, bad = [], []
     for i in range(rows.num_rows):
-        reason, history = _resolve(users[i], items[i], times[i], given[i], given_ratings[i], log, rules)
+        reason, history = _resolve_row(users[i], items[i], times[i], given[i], given_ratings[i], log, rules)
         if reason:
             bad.append((i, reason))
             continue
-        hist_items, hist_ratings = history
-        target = items[i] if items[i] is not None else int(hist_items[-1])  # generative without a known next item
+        user, item, hist_items, hist_ratings = history
+        target = item if item is not None else int(hist_items[-1])  # generative without a known next item
         kept.append(i)
-        row = {"sample_id": i, "user_id": int(users[i]) if users[i] is not None else -1, "item_id": int(target),
+        row = {"sample_id": i, "user_id": int(user) if user is not None else -1, "item_id": int(target),
                "timestamp": int(times[i]) if times[i] is not None else 0,
                "history_item_ids": [int(x) for x in hist_items]}
         if rules.task == "ctr":
@@ -80,6 +105,22 @@ def build_samples(rows: pa.Table, log: InteractionLog, rules: SampleRules) -> tu
             out[k].append(row[k])
     schema = CTR_SAMPLES if rules.task == "ctr" else GENERATIVE_SAMPLES
     return pa.table(out, schema=schema), np.asarray(kept, dtype=np.int64), bad
+
+
+def _resolve_row(user, item, timestamp, given, given_ratings, log: InteractionLog, rules: SampleRules):
+    """``(reason, None)`` for a bad row, else ``("", (user id, item id, history item ids, ratings))``."""
+    user, why_user = _translate(user, rules.user_keys, "user_id")
+    item, why_item = _translate(item, rules.item_keys, "item_id")
+    if why_user or why_item:
+        return why_user or why_item, None
+    if given is not None:
+        translated = [_translate(x, rules.item_keys, "item_id") for x in given]
+        unknown = next((why for _, why in translated if why), "")
+        if unknown:
+            return f"history_item_ids: {unknown}", None
+        given = [x for x, _ in translated]
+    reason, history = _resolve(user, item, timestamp, given, given_ratings, log, rules)
+    return reason, None if reason else (user, item, *history)
 
 
 def _resolve(user, item, timestamp, given, given_ratings, log: InteractionLog, rules: SampleRules):

@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 
 from distrec.data import storage
 from distrec.errors import DataError
+from distrec.config.subr import SubrConfig
 from distrec.retrieval.subr import (
     ItemSpace,
-    SubrConfig,
     build_space,
     resolve_method,
     retrieve_table,

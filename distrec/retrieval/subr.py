@@ -44,58 +44,17 @@ same way by every path.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distrec.config.subr import SubrConfig
 from distrec.errors import DataError
 
-Order = Literal["chronological", "similarity", "recent"]
-Similarity = Literal["cosine", "dot"]
-Method = Literal["auto", "matrix", "gather", "faiss"]
-_ORDERS = ("chronological", "similarity", "recent")
-_SIMS = ("cosine", "dot")
-_METHODS = ("auto", "matrix", "gather", "faiss")
 _PAD = np.iinfo(np.int64).min
-
-
-@dataclass
-class SubrConfig:
-    """Semantic user-behaviour retrieval (the job config's ``subr`` section)."""
-
-    enabled: bool = False  # distrec train: retrieve (or reuse) before tokenising; False = recent-K prompts
-    k: int = 30  # retrieved history items per sample (= prompt history length)
-    order: Order = "chronological"
-    similarity: Similarity = "cosine"
-    pca_dim: int | None = 512  # None: no PCA
-    encoder: str = "minilm"  # "minilm" | "sentence:<name or folder>" | "llm:<HF causal LM folder>" | "backbone" (the job's LLM)
-    item_text_genres: Literal["all", "first"] = "all"
-    candidates: int | None = None  # only the most recent N history items are candidates
-    method: Method = "auto"
-    max_matrix_items: int = 8192  # auto: full item×item matrix up to this catalogue size (8192² fp32 = 256 MiB)
-    batch_size: int = 4096  # samples per Ray Data batch (Ray's per-batch overhead dominates below ~4k)
-    encode_batch_size: int = 128
-    seed: int = 0  # PCA random_state
-
-    def __post_init__(self) -> None:
-        if self.k <= 0:
-            raise ValueError(f"subr.k must be > 0, got {self.k}")
-        if self.order not in _ORDERS:
-            raise ValueError(f"subr.order must be one of {_ORDERS}, got {self.order!r}")
-        if self.similarity not in _SIMS:
-            raise ValueError(f"subr.similarity must be one of {_SIMS}, got {self.similarity!r}")
-        if self.method not in _METHODS:
-            raise ValueError(f"subr.method must be one of {_METHODS}, got {self.method!r}")
-        if self.pca_dim is not None and self.pca_dim <= 0:
-            raise ValueError(f"subr.pca_dim must be > 0 or None, got {self.pca_dim}")
-        if self.candidates is not None and self.candidates <= 0:
-            raise ValueError(f"subr.candidates must be > 0 or None, got {self.candidates}")
-        if self.batch_size <= 0 or self.encode_batch_size <= 0:
-            raise ValueError("subr.batch_size and subr.encode_batch_size must be > 0")
 
 
 # ----------------------------------------------------------------------------- item space
@@ -357,7 +316,3 @@ def retrieve_table(
     if "history_indices" in table.column_names:
         table = table.drop_columns(["history_indices"])
     return table.append_column("history_indices", arr)
-
-
-def config_dict(cfg: SubrConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

@@ -92,7 +92,7 @@ def full_data(job: JobConfig):
 
 def din_config(job: JobConfig):
     """The DIN architecture/training part of ``job.crm`` (its ``path`` is where, not what)."""
-    from distrec.model.crm.din import DinConfig
+    from distrec.config.din import DinConfig
 
     names = {f.name for f in dataclasses.fields(DinConfig)}
     return DinConfig(**{k: v for k, v in dataclasses.asdict(job.crm).items() if k in names})

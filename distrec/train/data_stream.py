@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from distrec.config import JobConfig
 from distrec.data.ray_data import quiet_ray_data
@@ -178,19 +177,3 @@ def eval_batches(rows: dict[str, np.ndarray], rank: int, world: int, batch: int)
         if n == 0:
             return
         yield {k: v[idx] for k, v in rows.items()}, n_real
-
-
-def left_pad(sequences, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad int sequences to ``(B, T)`` ids and a ``(B, T)`` attention mask.
-
-    Left padding puts every sequence's last token in the last column, which is where the
-    answer is predicted (CTR) and where a response ends (generation).
-    """
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, longest - len(s) :] = torch.tensor(np.asarray(s), dtype=torch.long)
-            mask[i, longest - len(s) :] = 1
-    return ids, mask

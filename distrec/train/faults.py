@@ -1,6 +1,9 @@
 """Fault injection and consumption records, for proving recovery (tests, ``jobs/soak.yaml``).
 
-``train.kill_at_steps``: the last rank SIGKILLs its own process right after the optimiser
+The job config's ``debug`` section switches them on; the training loop calls them through
+one :class:`Hooks` object.
+
+``debug.kill_at_steps``: the last rank SIGKILLs its own process right after the optimiser
 update of each listed step, before that step is logged or checkpointed, once per step per run
 (a marker file in the run folder, written before the kill, keeps the restarted attempt from
 killing itself again). Ray Train then restarts the worker group from the latest checkpoint
@@ -12,12 +15,12 @@ checkpoint before. The injected kill therefore first waits until the controller'
 (``checkpoint_manager_snapshot.json`` beside the run folder) lists this attempt's latest
 checkpoint, so the scenario it stages is always "killed after checkpoint N was committed".
 
-``train.kill_in_checkpoint_at_steps``: the last rank SIGKILLs itself half-way through copying
+``debug.kill_in_checkpoint_at_steps``: the last rank SIGKILLs itself half-way through copying
 its part of that step's checkpoint into storage (after Ray Train has named the checkpoint
 folder, so the folder really is left half-written). Ray Train never registers it, and the
 restart resumes from the checkpoint before.
 
-``train.record_samples``: every rank appends ``{"epoch", "step", "ids"}`` per optimiser step to
+``debug.record_samples``: every rank appends ``{"epoch", "step", "ids"}`` per optimiser step to
 ``samples/rank<r>.jsonl``. A step that ran twice (before a kill and after the restart) appears
 twice; :func:`consumed` keeps its last record, the one whose update survived.
 """
@@ -33,6 +36,23 @@ from pathlib import Path
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 """Ray Train V2's record of registered checkpoints, in the run's storage folder (run_dir's parent)."""
+
+
+class Hooks:
+    """The loop's one seam for fault injection: ``after_step`` (kill, record) and
+    ``checkpoint_upload`` (a half-way dying upload, or None)."""
+
+    def __init__(self, debug, run_dir: Path, rank: int, world: int) -> None:
+        self.debug, self.run_dir, self.rank, self.world = debug, run_dir, rank, world
+
+    def after_step(self, step: int, epoch: int, step_in_epoch: int, ids: Iterable[int], saved_step: int) -> None:
+        maybe_kill(self.run_dir, self.debug.kill_at_steps, step, self.rank, self.world, saved_step)
+        if self.debug.record_samples:
+            record(self.run_dir, self.rank, epoch, step_in_epoch, ids)
+
+    def checkpoint_upload(self, step: int, saved_step: int):
+        return partial_upload(self.run_dir, step, self.rank, self.world, self.debug.kill_in_checkpoint_at_steps,
+                              saved_step)
 
 
 def committed_step(storage_dir: Path) -> int | None:

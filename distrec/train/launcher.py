@@ -95,10 +95,7 @@ def check_gpus(cfg: RayConfig) -> None:
 def check_storage(job: JobConfig, storage: Location) -> None:
     """Fault injection and consumption records keep marker and record files on local disk, so
     they need a local ``ray.storage_path``."""
-    t = job.train
-    keys = [k for k, on in (("train.kill_at_steps", t.kill_at_steps),
-                            ("train.kill_in_checkpoint_at_steps", t.kill_in_checkpoint_at_steps),
-                            ("train.record_samples", t.record_samples)) if on]
+    keys = job.debug.active
     if keys and not storage.is_local:
         from distrec.errors import ConfigError
 

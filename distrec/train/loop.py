@@ -128,6 +128,7 @@ class _Context:
     def __init__(self, job: JobConfig, strategy, engine, task, monitor, run_dir: Path):
         self.job, self.strategy, self.engine, self.task = job, strategy, engine, task
         self.monitor, self.run_dir = monitor, run_dir
+        self.hooks = faults.Hooks(job.debug, run_dir, strategy.rank, strategy.world_size)
 
 
 def make_task(job: JobConfig, tokenizer, device: torch.device, conditioning=None):
@@ -175,10 +176,8 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
             state.step_in_epoch += 1
-            faults.maybe_kill(ctx.run_dir, t.kill_at_steps, state.step, strategy.rank, strategy.world_size, saved_step)
-            if t.record_samples:
-                ids = [int(i) for mb in micro_batches for i in mb["sample_id"]]
-                faults.record(ctx.run_dir, strategy.rank, state.epoch, state.step_in_epoch, ids)
+            ctx.hooks.after_step(state.step, state.epoch, state.step_in_epoch,
+                                 (int(i) for mb in micro_batches for i in mb["sample_id"]), saved_step)
             elapsed = time.perf_counter() - started
             if state.step % t.log_every == 0 or state.step == total_steps:
                 global_stats = {k: strategy.all_reduce_sum(v) for k, v in sorted(stats.items())}
@@ -208,8 +207,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     best_state = _snapshot(ctx)
             if state.step % ckpt_every == 0 or last or paused:
                 ctx.monitor.sync()  # events up to this step reach storage before the checkpoint counts
-                upload = faults.partial_upload(ctx.run_dir, state.step, strategy.rank, strategy.world_size,
-                                               t.kill_in_checkpoint_at_steps, saved_step)
+                upload = ctx.hooks.checkpoint_upload(state.step, saved_step)
                 save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state, upload)
                 saved_step = state.step
             if last or paused:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> str:
     from distrec.predict.pipeline import MANIFEST, PredictOptions
     from distrec.train.artefacts import ensure_prepared
     from distrec.train.launcher import run_job
-    from distrec.train.monitor import read_scalars
+    from distrec.eval.tensorboard import read_scalars
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny or smollm2-135m")

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to the results file")
     args = parser.parse_args(argv)
 
-    from distrec.retrieval.subr import SubrConfig, build_space, resolve_method
+    from distrec.config.subr import SubrConfig
+    from distrec.retrieval.subr import build_space, resolve_method
 
     device, versions = describe_host(), _versions()
     rng = np.random.default_rng(args.seed)

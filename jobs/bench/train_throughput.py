@@ -66,7 +66,7 @@ def summarise(step_s: list[float], tokens: list[float], samples: list[float], wo
 def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup: int, storage: Path) -> dict:
     from distrec.config import load_job_config
     from distrec.train.launcher import run_job
-    from distrec.train.monitor import read_scalars
+    from distrec.eval.tensorboard import read_scalars
 
     name = f"bench-{row}-{time.strftime('%Y%m%d-%H%M%S')}"
     job = load_job_config(config, [*COMMON, *overrides, f"train.max_steps={warmup + steps}",

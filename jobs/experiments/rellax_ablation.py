@@ -59,7 +59,7 @@ def din_run(config: str, overrides: list[str], seed: int | None) -> tuple[Path, 
     from distrec.config import load_job_config
     from distrec.data import storage
     from distrec.data.storage import write_parquet_file
-    from distrec.eval.ctr_metrics import ctr_metrics
+    from distrec.metrics.ctr_metrics import ctr_metrics
     from distrec.eval.intervals import ctr_intervals
     from distrec.model.crm.train_din import _tensors, load_din, predict
     from distrec.train.artefacts import ensure_crm, ensure_prepared

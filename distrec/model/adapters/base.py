@@ -36,14 +36,3 @@ class Adapter(ABC):
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) element counts; uses ZeRO-3's full sizes when parameters are partitioned."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = getattr(p, "ds_numel", p.numel())
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return trainable, total

@@ -4,7 +4,7 @@
 valid AUC after every epoch; the epoch with the best valid AUC is kept (ties: the earlier
 epoch; a single-class valid split falls back to valid LogLoss); training stops after
 ``patience`` epochs without improvement. The test split is scored once, with the selected
-weights, by :func:`distrec.eval.ctr_metrics.ctr_metrics` — it never takes part in selection.
+weights, by :func:`distrec.metrics.ctr_metrics.ctr_metrics` — it never takes part in selection.
 
 Output folder (written into a temp sibling, then moved into place):
 ``din.safetensors`` (weights + ``catalog_ids``), ``din_config.json`` (the :class:`DinConfig`
@@ -33,8 +33,9 @@ import torch
 from distrec import atomic
 from distrec.data import storage
 from distrec.errors import DataError, ModelError
-from distrec.eval.ctr_metrics import ctr_metrics
-from distrec.model.crm.din import DIN, DinConfig
+from distrec.metrics.ctr_metrics import ctr_metrics
+from distrec.config.din import DinConfig
+from distrec.model.crm.din import DIN
 
 WEIGHTS = "din.safetensors"
 CONFIG = "din_config.json"
@@ -118,11 +119,6 @@ def predict(model: DIN, data: dict[str, torch.Tensor], batch_size: int = 4096) -
 def evaluate(model: DIN, data: dict[str, torch.Tensor], batch_size: int = 4096) -> dict[str, float]:
     probs = predict(model, data, batch_size)
     return ctr_metrics(data["label"].numpy(), probs, data["user_id"].numpy())
-
-
-def evaluate_split(model: DIN, prepared_dir: str | Path, split: str = "test") -> dict[str, float]:
-    """``ctr_metrics`` of ``model`` on one split of a prepared folder (e.g. an LLM job's test subset)."""
-    return evaluate(model, _tensors(storage.open_split(Path(prepared_dir), split), model.config), model.config.eval_batch_size)
 
 
 def _selection_score(metrics: dict[str, float]) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from distrec.eval.finite import require_finite
+from distrec.metrics.finite import require_finite
 
 PROB_EPS = 1e-7
 """Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] so LogLoss stays finite."""
@@ -78,7 +78,7 @@ def ctr_metrics(
         where: the evaluation point for that error, e.g. "split 'valid', step 7".
 
     Raises:
-        ModelError: a prob is NaN or infinite (:func:`distrec.eval.finite.require_finite`).
+        ModelError: a prob is NaN or infinite (:func:`distrec.metrics.finite.require_finite`).
 
     Returns:
         dict with ``auc`` (NaN if a single class is present), ``uauc`` (NaN if no user

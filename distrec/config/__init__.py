@@ -12,8 +12,8 @@ from typing import Literal, Optional
 
 from distrec import config_loader
 from distrec.errors import ConfigError
-from distrec.model.crm.din import DinConfig
-from distrec.retrieval.subr import SubrConfig
+from distrec.config.din import DinConfig
+from distrec.config.subr import SubrConfig
 
 
 @dataclass
@@ -164,13 +164,25 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None -> end of each epoch
     prompt_samples_to_log: int = 4
     stop_at_step: Optional[int] = None  # pause after this step's checkpoint; re-run the same run name to go on
-    kill_at_steps: list[int] = field(default_factory=list)  # fault injection: the last rank SIGKILLs itself (train.faults)
-    kill_in_checkpoint_at_steps: list[int] = field(default_factory=list)  # ... half-way through copying that step's checkpoint
-    record_samples: bool = False  # write the sample ids each rank consumes per step (train.faults)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:
             raise ValueError("train.micro_batch_size, train.grad_accum and train.epochs must be > 0")
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection and consumption records for proving recovery (tests, ``jobs/soak.yaml``;
+    :mod:`distrec.train.faults`). Off by default; they need a local ``ray.storage_path``."""
+
+    kill_at_steps: list[int] = field(default_factory=list)  # the last rank SIGKILLs itself after these steps
+    kill_in_checkpoint_at_steps: list[int] = field(default_factory=list)  # ... half-way through copying that step's checkpoint
+    record_samples: bool = False  # write the sample ids each rank consumes per step
+
+    @property
+    def active(self) -> list[str]:
+        """The ``debug.*`` keys that are switched on."""
+        return [f"debug.{k}" for k in ("kill_at_steps", "kill_in_checkpoint_at_steps", "record_samples") if getattr(self, k)]
 
 
 @dataclass
@@ -238,7 +250,7 @@ class CftConfig:
 @dataclass
 class EvalConfig:
     """Evaluation. A NaN or infinite score always stops it with an error naming the split,
-    step and first sample (``distrec.eval.finite``); nothing is silently excluded."""
+    step and first sample (``distrec.metrics.finite``); nothing is silently excluded."""
 
     batch_size: int = 8
     max_samples: Optional[int] = None  # cap on validation samples during training
@@ -277,6 +289,7 @@ class JobConfig:
     subr: SubrConfig = field(default_factory=SubrConfig)
     crm: CrmConfig = field(default_factory=CrmConfig)
     spa: SpaConfig = field(default_factory=SpaConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
         if (self.spa.enabled or self.subr.enabled or self.needs_crm) and self.data.task != "ctr":

@@ -1,0 +1,1 @@
+"""Metric functions (AUC, UAUC, LogLoss, HR@K, NDCG@K, finiteness checks): the bottom layer every stage may use."""
