@@ -11,7 +11,6 @@ from distrec.interests import cli as eimf_cli
 cli.data_fetch, cli.data_prepare, cli.retrieve, cli.crm_train, cli.compare, eimf_cli.experiment
 _.extra_repr, _.on_step_begin, _.on_step_end  # noqa: F821
 _.write_tiny  # noqa: F821
-_.__getattr__  # noqa: F821  (distrec.interests' lazy exports)
 
 # Attributes set on objects that others read: Ray Data's context, tokenizers, HF's DeepSpeed hook.
 _.enable_progress_bars, _.enable_operator_progress_bars, _.print_on_execution_start, _.preserve_order  # noqa: F821

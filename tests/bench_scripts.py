@@ -10,7 +10,12 @@ JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
 def load_bench(name: str, folder: str = "bench") -> ModuleType:
-    """``jobs/<folder>/<name>.py`` as a fresh module named ``name``."""
+    """``jobs/<folder>/<name>.py`` as a fresh module named ``name``; its folder is importable, as
+    when the script runs (``python jobs/bench/x.py`` puts ``jobs/bench`` first on the path)."""
+    import sys
+
+    if str(JOBS / folder) not in sys.path:
+        sys.path.insert(0, str(JOBS / folder))
     spec = importlib.util.spec_from_file_location(name, JOBS / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

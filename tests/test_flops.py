@@ -162,3 +162,20 @@ def test_mfu_and_peaks():
 def test_measure_matmul_peak_on_cpu():
     peak = measure_matmul_peak("cpu", torch.float32, n=128, repeats=3)
     assert peak > 0 and math.isfinite(peak)
+
+
+def test_the_loops_counter_on_a_ctr_micro_batch_by_hand():
+    """2 rows of 8 prompt tokens + the answer: 16 input tokens, 8 of context, 2 logit positions.
+    forward  = 2·18432·16 (body) + 2·3200·2 (head at the answers) + 16384 (attention) + 57344 (LoRA)
+    backward = 2·18432·16 + 2·3200·2 + 2·16384 (frozen base) + 114688 (LoRA)."""
+    import numpy as np
+
+    from distrec.config import load_job_config
+    from distrec.train.flops import StepFlopCounter
+
+    job = load_job_config(None, ["adapter.r=8", "adapter.target_modules=[q_proj, v_proj]", "data.task=ctr"])
+    counter = StepFlopCounter(small_config(), job)
+    mb = {"input_ids": [np.arange(9), np.arange(9)]}
+    assert counter.micro_batch(mb) == (589824 + 12800 + 16384 + 57344) + (589824 + 12800 + 2 * 16384 + 114688)
+    with pytest.raises(ValueError, match="unknown adapted modules"):
+        StepFlopCounter(small_config(), load_job_config(None, ["adapter.target_modules=[c_attn]"]))

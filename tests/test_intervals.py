@@ -187,7 +187,7 @@ def test_report_has_a_ci_column_and_the_environment(tmp_path):
 
 def test_environment_names_this_host_and_hashes_the_config_without_run_names():
     from distrec.eval.environment import config_hash, run_environment
-    from distrec.host import cpu_model
+    from distrec.eval.environment import cpu_model
 
     config = {"train": {"lr": 0.001, "seed": 42}, "ray": {"run_name": "a", "storage_path": "/x", "num_workers": 2}}
     renamed = {"train": {"seed": 42, "lr": 0.001}, "ray": {"num_workers": 2, "run_name": "b", "storage_path": "/y"}}

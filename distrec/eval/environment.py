@@ -13,6 +13,7 @@ import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Mapping
 
 LIBRARIES = ("distrec", "torch", "deepspeed", "ray", "transformers", "peft", "tokenizers", "safetensors",
@@ -23,6 +24,17 @@ LIBRARIES = ("distrec", "torch", "deepspeed", "ray", "transformers", "peft", "to
 RUN_IDENTITY_KEYS = frozenset({"ray.run_name", "ray.storage_path", "ray.address"})
 """Config keys that name or place a run without changing what it computes; left out of the hash."""
 
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """First 16 hex digits of the SHA-256 of the config as canonical JSON (sorted keys).
@@ -76,8 +88,6 @@ def run_environment(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         without CUDA), ``python``, ``platform``, ``libraries`` (:func:`library_versions`) and
         ``config_hash`` (:func:`config_hash`; None without a config).
     """
-    from distrec.host import cpu_model
-
     try:
         import torch
 

@@ -37,58 +37,6 @@ Aux losses only on typical users           [I]   ``train.SemanticBank`` (mask)
 Optimiser Adam 1e-3, batch 128             [C]   ``train.lr``, ``train.batch_size``
 =========================================  ====  =====================================================
 
-Imports are lazy (``from distrec.interests import train_eimf`` works), so Ray workers that only
-need :mod:`distrec.interests.labelling` do not import torch models they never use.
+Import the modules themselves (``distrec.interests.train``, ``.labelling``, ...): Ray workers
+that only label do not import the torch models.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "EimfConfig": "config",
-    "BackboneConfig": "config",
-    "RecLossConfig": "config",
-    "EsimConfig": "config",
-    "SelectionConfig": "config",
-    "LabelConfig": "config",
-    "EimfTrainConfig": "config",
-    "EimfEvalConfig": "config",
-    "eimf_config_from_dict": "config",
-    "ItemIndex": "backbones",
-    "ComiRecSA": "backbones",
-    "ComiRecDR": "backbones",
-    "build_backbone": "backbones",
-    "NegativeSampler": "losses",
-    "sampled_softmax_loss": "losses",
-    "match_interests": "losses",
-    "semantic_prediction_loss": "losses",
-    "alignment_loss": "losses",
-    "auxiliary_losses": "losses",
-    "EimfModel": "train",
-    "EsimHeads": "train",
-    "SemanticBank": "train",
-    "step": "train",
-    "train_eimf": "train",
-    "evaluate_retrieval": "evaluate",
-    "merged_topn": "evaluate",
-    "brute_force_topn": "evaluate",
-    "retrieval_metrics": "evaluate",
-    "TypicalUsers": "typical_users",
-    "select_typical_users": "typical_users",
-    "select_from_model": "typical_users",
-    "user_representations": "typical_users",
-    "interest_prompt": "labelling",
-    "parse_interests": "labelling",
-    "label_typical_users": "labelling",
-    "LABELS_SCHEMA": "labelling",
-    "LabelStats": "labelling",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"distrec.interests.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'distrec.interests' has no attribute {name!r}")

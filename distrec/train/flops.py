@@ -291,3 +291,51 @@ def measure_matmul_peak(device="cpu", dtype=None, n: int = 4096, repeats: int = 
         torch.cuda.synchronize(device)
     seconds = max(time.perf_counter() - start, 1e-9)
     return 2.0 * n ** 3 * repeats / seconds
+
+
+# ------------------------------------------------------------------------- in the loop
+
+
+class StepFlopCounter:
+    """Model FLOPs of the training loop's micro-batches (:func:`train_step_flops` over each
+    micro-batch's real, unpadded tokens), for the ``throughput/model_tflops_per_s`` and
+    ``throughput/mfu`` scalars. ``config``: the backbone's ``transformers`` config; ``job``:
+    the :class:`~distrec.config.JobConfig` (task, adapter, CFT switch). Raises ValueError (or
+    AttributeError) for a backbone or adapter these counts do not describe."""
+
+    def __init__(self, config, job) -> None:
+        a = job.adapter
+        self.config, self.task = config, job.data.task
+        self.cft = job.data.task == "generative" and job.cft.lam > 0
+        self.common = {"adapter_rank": a.r, "adapted_modules": tuple(a.target_modules),
+                       "cflora": a.kind == "cflora",
+                       "cflora_d_instance": job.crm.hidden_size if job.cflora_generated else None}
+        adapter_width(config, self.common["adapted_modules"])  # a Llama-style decoder and known module names
+
+    def micro_batch(self, mb: dict) -> float:
+        lengths = [len(s) for s in mb["input_ids"]]
+        if self.task == "ctr":  # the answer token is the label, not an input; one logit position per row
+            tokens = sum(lengths) - len(lengths)
+            flops = train_step_flops(self.config, tokens, max(lengths) - 1, logit_positions=len(lengths),
+                                     **self.common)
+            return flops.model_flops
+        labelled = int(sum(int((s != -100).sum()) for s in mb["labels"]))
+        extra = {}
+        if self.cft:
+            cf_lengths = [len(s) for s in mb["cf_input_ids"]]
+            extra = {"cft": True, "cft_tokens": sum(cf_lengths), "cft_seq_len": max(cf_lengths),
+                     "cft_logit_positions": labelled}
+        flops = train_step_flops(self.config, sum(lengths), max(lengths), logit_positions=labelled,
+                                 **extra, **self.common)
+        return flops.model_flops
+
+
+def peak_flops(device) -> float | None:
+    """FLOP/s per rank MFU divides by: the GPU's dense bf16 peak (:data:`DENSE_BF16_PEAK`), or on
+    CPU a measured fp32 matmul rate (n=1024; seconds, RNG state left alone); None for an unknown GPU."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return device_peak(torch.cuda.get_device_name(device))
+    with torch.random.fork_rng(devices=[]):
+        return measure_matmul_peak("cpu", n=1024, repeats=5, warmup=1)

@@ -56,6 +56,7 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
     with strategy.model_init_context():
         llm = build_model(job.model)
+    backbone_config = llm.config
     add_spa_tokens(job, tokenizer, llm)
     adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
     llm = adapter.attach(llm)
@@ -74,6 +75,13 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
                       upload=(lambda: staging.push("tensorboard")) if staging.remote else None,
                       upload_every_s=job.ray.upload_every_s)
     ctx = _Context(job, strategy, engine, task, monitor, run_dir)
+    if mode == "train":
+        from distrec.train.flops import StepFlopCounter, peak_flops
+
+        try:
+            ctx.flops, ctx.peak = StepFlopCounter(backbone_config, job), peak_flops(strategy.device)
+        except (AttributeError, ValueError) as exc:  # not a Llama-style decoder: no MFU, training goes on
+            monitor.text("events/mfu", 0, f"no FLOP count for this backbone: {exc}")
 
     state, best = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
@@ -128,6 +136,7 @@ class _Context:
     def __init__(self, job: JobConfig, strategy, engine, task, monitor, run_dir: Path):
         self.job, self.strategy, self.engine, self.task = job, strategy, engine, task
         self.monitor, self.run_dir = monitor, run_dir
+        self.flops, self.peak = None, None  # train.flops: model FLOPs per micro-batch, FLOP/s per rank
         self.hooks = faults.Hooks(job.debug, run_dir, strategy.rank, strategy.world_size)
 
 
@@ -163,7 +172,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             # Global loss normalisers of this step (all micro-batches, all ranks) before any forward.
             norms = {k: strategy.all_reduce_sum(v) for k, v in task.normalisers(micro_batches).items()}
             stats: dict[str, float] = {}
-            tokens = 0
+            tokens, flops = 0, 0.0
             for mb in micro_batches:
                 with timer.phase("compute"), task.context(mb):
                     loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
@@ -173,6 +182,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                 for k, v in mb_stats.items():
                     stats[k] = stats.get(k, 0.0) + v
                 tokens += int(sum(len(s) for s in mb["input_ids"]))
+                flops += ctx.flops.micro_batch(mb) if ctx.flops else 0.0
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
             state.step_in_epoch += 1
@@ -183,6 +193,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                 global_stats = {k: strategy.all_reduce_sum(v) for k, v in sorted(stats.items())}
                 global_tokens = strategy.all_reduce_sum(tokens)
                 global_samples = strategy.all_reduce_sum(samples)
+                global_flops = strategy.all_reduce_sum(flops)
                 ctx.monitor.scalars(state.step, {
                     **task.step_loss(global_stats, norms),
                     "train/lr": strategy.lr(),
@@ -191,6 +202,9 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     "throughput/tokens_per_s": global_tokens / elapsed,
                     "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
+                    **({"throughput/model_tflops_per_s": global_flops / elapsed / 1e12} if ctx.flops else {}),
+                    **({"throughput/mfu": global_flops / elapsed / (ctx.peak * strategy.world_size)}
+                       if ctx.flops and ctx.peak else {}),
                     **timer.scalars(),
                     **{f"memory/{k}": v for k, v in _peak_memory().items()},
                 })

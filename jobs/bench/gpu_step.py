@@ -61,7 +61,7 @@ if str(REPO) not in sys.path:  # runs without PYTHONPATH too
 
 import torch  # noqa: E402
 
-from distrec.host import cpu_model  # noqa: E402
+from distrec.eval.environment import cpu_model  # noqa: E402
 from distrec.train.flops import device_peak, measure_matmul_peak, mfu, train_step_flops  # noqa: E402
 
 SHAPES = {

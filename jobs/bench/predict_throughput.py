@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> str:
 
     from distrec.config import load_job_config
     from distrec.data import storage
-    from distrec.host import describe_host
+    from benchhost import describe_host
     from distrec.predict.driver import predict
     from distrec.predict.pipeline import MANIFEST, PredictOptions
     from distrec.train.artefacts import ensure_prepared

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> str:
 
     from distrec.config import load_job_config
     from distrec.data import storage
-    from distrec.host import describe_host
+    from benchhost import describe_host
     from distrec.retrieval.encoders import encode_items
     from distrec.retrieval.pipeline import build_retrieval
     from distrec.retrieval.subr import build_space, retrieve_table

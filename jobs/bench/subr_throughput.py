@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from distrec.host import describe_host
+from benchhost import describe_host
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 CATALOGUES = {"ml1m": (3706, "cosine"), "ml25m": (59047, "dot")}

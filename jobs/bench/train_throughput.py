@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs")
     text = table(results, baselines)
     from distrec.config import load_job_config
-    from distrec.host import describe_host
+    from benchhost import describe_host
 
     job = load_job_config(ROWS[names[0]][0], [*COMMON, *overrides])  # the settings line: the first row's config
     command = " ".join([Path(sys.executable).name, "jobs/bench/train_throughput.py",

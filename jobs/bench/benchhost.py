@@ -1,21 +1,10 @@
-"""A one-line description of the machine a benchmark or report ran on (device, cores, load)."""
+"""A one-line description of the machine a benchmark ran on (device, cores, load)."""
 
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
+from distrec.eval.environment import cpu_model
 
 
 def describe_host() -> str:
