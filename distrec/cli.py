@@ -1,4 +1,4 @@
-"""The ``distrec`` command line: ``data fetch|prepare``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``predict``, ``compare``, ``export``, ``eimf``."""
+"""The ``distrec`` command line: ``data fetch|prepare|tokenize``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``predict``, ``compare``, ``export``, ``eimf``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,35 @@ def data_prepare(
         typer.echo(f"  {split:5s}: {info['rows']} samples{extra}")
     for key, value in manifest.get("stats", {}).items():
         typer.echo(f"  {key}: {value}")
+
+
+@data_app.command("tokenize")
+def data_tokenize(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Tokenise the job's prepared data once into the token cache ($DISTREC_HOME/tokens); train reuses it."""
+    import json
+
+    from distrec.config import load_job_config
+    from distrec.train.artefacts import ensure_prepared, ensure_retrieval
+    from distrec.train.launcher import init_ray, loopback_env
+    from distrec.train.token_cache import MANIFEST, ensure_tokens
+
+    try:
+        job = load_job_config(config, overrides or [])
+        prepared = ensure_prepared(job)
+        loopback_env(job.ray)
+        init_ray(job.ray)
+        if job.subr.enabled:
+            prepared = ensure_retrieval(job, prepared)
+        folder, hit = ensure_tokens(job, prepared)
+    except DistrecError as exc:
+        _fail(exc)
+    info = json.loads((folder / MANIFEST).read_text())
+    typer.echo(f"tokens ({'cached' if hit else 'built'}, {info['tokenize_s']} s to build) -> {folder}")
+    for split, entry in info["splits"].items():
+        typer.echo(f"  {split:5s}: {entry['rows']} rows in {len(entry['files'])} shard(s)")
 
 
 @app.command()

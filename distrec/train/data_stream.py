@@ -1,7 +1,8 @@
 """Prepared Parquet shards -> Ray Data tokenisation on CPU actors -> per-rank micro-batches.
 
 Driver side, :func:`tokenized_splits` reads the prepared splits with ``ray.data.read_parquet`` and
-tokenises it in an actor pool (``map_batches``), in a fixed order, and materialises it once.
+tokenises them in an actor pool (``map_batches``), in a fixed order; :mod:`distrec.train.token_cache`
+writes the result once as token shards that later runs read instead.
 Every training worker receives the whole (small, token-id only) dataset unsplit and takes its
 own deterministic slice of every *global* micro-batch of ``world × micro`` rows. That keeps
 three promises Ray's dynamic ``streaming_split`` cannot: the order is identical in every run

@@ -135,7 +135,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     from distrec.eval.report import format_summary, publish_report
     from distrec.train.artefacts import ensure_crm, ensure_prepared, ensure_retrieval
     from distrec.model.backbone import tokenizer_dir
-    from distrec.train.data_stream import tokenized_splits
+    from distrec.train.token_cache import token_datasets
     from distrec.train.loop import train_worker
 
     storage = locate(job.ray.storage_path)
@@ -157,7 +157,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     (run / f"config_{mode}.yaml").write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
 
     splits = ["train", "valid", "test"] if mode == "train" else ["test"]
-    datasets = tokenized_splits(job, prepared, splits)
+    datasets = token_datasets(job, prepared, splits)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": to_dict(job), "run": run, "mode": mode, "splits": splits,

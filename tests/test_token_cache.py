@@ -1,0 +1,87 @@
+"""Token shards: built once by the Ray Data actors, reused by later runs, equal to a fresh tokenisation.
+
+Truth: ``TokenizeActor.tokenize`` run in this process on the prepared split itself (no Ray, no
+cache), and the file system (a hit writes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from distrec.cli import app
+from distrec.config import load_job_config
+from distrec.config_loader import to_dict
+from distrec.data import storage
+from distrec.train.artefacts import ensure_prepared
+from distrec.train.data_stream import TokenizeActor
+from distrec.train.token_cache import MANIFEST, ensure_tokens, token_datasets
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_thread")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty token cache (the prepared data and models stay in the suite's home)."""
+    monkeypatch.setenv("DISTREC_HOME", str(tmp_path / "home"))
+    import os
+
+    for sub in ("raw", "models", "prepared"):  # reuse the suite's fetched data, models and prepared folders
+        (tmp_path / "home").mkdir(exist_ok=True)
+        source = Path(os.environ.get("DISTREC_TEST_HOME", "")) / sub
+        if source.exists():
+            (tmp_path / "home" / sub).symlink_to(source)
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize("config", ["tiny.yaml", "tiny_cft.yaml"])
+def test_cached_tokens_equal_a_fresh_tokenisation_and_a_second_run_reuses_them(ray_local, home, config, capsys):
+    job = load_job_config(REPO / "jobs" / config)
+    prepared = ensure_prepared(job)
+    folder, hit = ensure_tokens(job, prepared)
+    assert not hit and "token cache: miss" in capsys.readouterr().out
+    stamp = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    again, hit = ensure_tokens(job, prepared)
+    assert (again, hit) == (folder, True) and "token cache: hit" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamp  # nothing rewritten
+
+    fresh = TokenizeActor(to_dict(job), str(prepared))
+    datasets = token_datasets(job, prepared, ["train", "test"])
+    for split in ("train", "test"):
+        want = fresh.tokenize(storage.open_split(prepared, split))
+        got = {k: [] for k in want}
+        for batch in datasets[split].iter_batches(batch_format="numpy", batch_size=64):
+            for k in want:
+                got[k].extend(batch[k])
+        assert len(got["sample_id"]) == len(want["sample_id"]) > 0
+        for k in want:
+            for a, b in zip(got[k], want[k]):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{split}.{k}")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["splits"]["train"]["rows"] == storage.read_manifest(prepared)["splits"]["train"]["rows"]
+
+
+def test_the_key_follows_what_changes_the_tokens(ray_local, home):
+    base = load_job_config(REPO / "jobs" / "tiny.yaml")
+    prepared = ensure_prepared(base)
+    folder, _ = ensure_tokens(base, prepared)
+    assert ensure_tokens(load_job_config(REPO / "jobs" / "tiny.yaml", ["train.lr=1e-3"]), prepared) == (folder, True)
+    other, hit = ensure_tokens(load_job_config(REPO / "jobs" / "tiny.yaml", ["prompt.history_k=4"]), prepared)
+    assert other != folder and not hit
+    (other / MANIFEST).unlink()  # an interrupted or damaged cache folder is rebuilt, not trusted
+    rebuilt, hit = ensure_tokens(load_job_config(REPO / "jobs" / "tiny.yaml", ["prompt.history_k=4"]), prepared)
+    assert rebuilt == other and not hit and (other / MANIFEST).is_file()
+
+
+def test_cli_tokenize_builds_then_reports_the_cache(ray_local, home):
+    runner = CliRunner()
+    first = runner.invoke(app, ["data", "tokenize", "--config", str(REPO / "jobs" / "tiny.yaml")])
+    assert first.exit_code == 0, first.output
+    assert "tokens (built" in first.output and "train: 64 rows" in first.output
+    second = runner.invoke(app, ["data", "tokenize", "--config", str(REPO / "jobs" / "tiny.yaml")])
+    assert second.exit_code == 0 and "tokens (cached" in second.output and "token cache: hit" in second.output
