@@ -154,3 +154,27 @@ def test_a_failed_file_write_keeps_the_old_file(tmp_path):
         atomic.write_file(path, half)
     assert json.loads(path.read_text()) == {"auc": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_converting_the_model_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    """A worker that converts SmolLM2 (empty node-local home) must draw its adapter's init from
+    the same RNG state as one that finds the folder built (the node-local run's divergence)."""
+    import torch
+
+    from distrec.config import ModelConfig
+    from distrec.model.backbone import resolve_model_dir
+
+    monkeypatch.setenv("DISTREC_HOME", str(tmp_path / "home"))
+    from fixtures_data import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    raw = tmp_path / "home" / "raw" / "smollm2"
+    raw.mkdir(parents=True, exist_ok=True)
+    if not (raw / gguf.name).exists():
+        (raw / gguf.name).symlink_to(gguf)
+    assert not (tmp_path / "home" / "models").exists()
+    torch.manual_seed(42)
+    expected = torch.rand(4)
+    torch.manual_seed(42)
+    resolve_model_dir(ModelConfig(name_or_path="smollm2-135m"))  # converts: the folder is new
+    assert torch.equal(torch.rand(4), expected)

@@ -19,7 +19,8 @@ from distrec.config_loader import to_dict
 from distrec.data import storage
 from distrec.train.artefacts import ensure_prepared
 from distrec.train.data_stream import TokenizeActor
-from distrec.train.token_cache import MANIFEST, ensure_tokens, token_datasets
+from distrec.train.row_source import ShardRows
+from distrec.train.token_cache import MANIFEST, ensure_tokens, split_files
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[1]
@@ -51,14 +52,17 @@ def test_cached_tokens_equal_a_fresh_tokenisation_and_a_second_run_reuses_them(r
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamp  # nothing rewritten
 
     fresh = TokenizeActor(to_dict(job), str(prepared))
-    datasets = token_datasets(job, prepared, ["train", "test"])
+    files = split_files(job, prepared, ["train", "test"])
     for split in ("train", "test"):
         want = fresh.tokenize(storage.open_split(prepared, split))
-        got = {k: [] for k in want}
-        for batch in datasets[split].iter_batches(batch_format="numpy", batch_size=64):
+        rows = ShardRows(files[split], cached_groups=2)
+        order = np.random.default_rng(0).permutation(rows.num_rows)  # random access, as the workers read
+        got = {k: np.empty(rows.num_rows, dtype=object) for k in want}
+        for lo in range(0, rows.num_rows, 7):
+            part = rows.take(order[lo:lo + 7])
             for k in want:
-                got[k].extend(batch[k])
-        assert len(got["sample_id"]) == len(want["sample_id"]) > 0
+                got[k][order[lo:lo + 7]] = list(part[k])
+        assert rows.num_rows == len(want["sample_id"]) > 0
         for k in want:
             for a, b in zip(got[k], want[k]):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{split}.{k}")
@@ -85,3 +89,29 @@ def test_cli_tokenize_builds_then_reports_the_cache(ray_local, home):
     assert "tokens (built" in first.output and "train: 64 rows" in first.output
     second = runner.invoke(app, ["data", "tokenize", "--config", str(REPO / "jobs" / "tiny.yaml")])
     assert second.exit_code == 0 and "tokens (cached" in second.output and "token cache: hit" in second.output
+
+
+def test_shard_rows_reads_any_rows_across_files_and_row_groups(tmp_path):
+    """Rows asked in any order, across files and row groups, equal the written table's rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 9, size=2500)
+    ids = [rng.integers(0, 50_000, size=k).astype(np.int32) for k in lengths]
+    table = pa.table({"sample_id": np.arange(2500, dtype=np.int64) * 10, "label": (np.arange(2500) % 2).astype(np.int8),
+                      "input_ids": pa.array([a.tolist() for a in ids], pa.list_(pa.int32()))})
+    files = []
+    for i, (lo, hi) in enumerate([(0, 1000), (1000, 1001), (1001, 2500)]):
+        files.append(tmp_path / f"part-{i}.parquet")
+        pq.write_table(table.slice(lo, hi - lo), files[-1], row_group_size=256)
+    rows = ShardRows(files, cached_groups=2)
+    assert len(rows) == 2500 and "input_ids" in rows
+    idx = np.array([2499, 0, 1000, 999, 1001, 5, 5, 1750])
+    got = rows.take(idx)
+    assert got["sample_id"].tolist() == (idx * 10).tolist() and got["label"].dtype == np.int8
+    for i, k in enumerate(idx):
+        np.testing.assert_array_equal(got["input_ids"][i], ids[k])
+    assert rows.head(10).take([9])["sample_id"].tolist() == [90]
+    with pytest.raises(IndexError):
+        rows.head(10).take([10])

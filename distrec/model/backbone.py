@@ -88,13 +88,16 @@ def convert_gguf(gguf: Path) -> Path:
     target = models_dir() / f"{gguf.stem}-{digest}-v2"  # v2: saved without GGUF quantization_config
 
     def write(tmp: Path) -> None:
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = loaded.config
-        for leftover in ("quantization_config", "_model_name_or_path"):  # GGUF loading leaves these
-            if hasattr(config, leftover):
-                delattr(config, leftover)
-        fresh = type(loaded)(config)
-        fresh.load_state_dict(loaded.state_dict())
+        # The fresh model's random init (overwritten below) must not draw from the caller's RNG: a
+        # worker that converts would otherwise initialise its adapter unlike one that found the folder.
+        with torch.random.fork_rng(devices=[]):
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = loaded.config
+            for leftover in ("quantization_config", "_model_name_or_path"):  # GGUF loading leaves these
+                if hasattr(config, leftover):
+                    delattr(config, leftover)
+            fresh = type(loaded)(config)
+            fresh.load_state_dict(loaded.state_dict())
         save_checkpoint(fresh, tmp)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
 

@@ -3,8 +3,9 @@
 Driver side, :func:`tokenized_splits` reads the prepared splits with ``ray.data.read_parquet`` and
 tokenises them in an actor pool (``map_batches``), in a fixed order; :mod:`distrec.train.token_cache`
 writes the result once as token shards that later runs read instead.
-Every training worker receives the whole (small, token-id only) dataset unsplit and takes its
-own deterministic slice of every *global* micro-batch of ``world × micro`` rows. That keeps
+Every training worker opens the token shards of each split (:mod:`distrec.train.row_source`) and
+reads only its own deterministic slice of every *global* micro-batch of ``world × micro`` rows,
+row group by row group, so its memory does not grow with the dataset. That keeps
 three promises Ray's dynamic ``streaming_split`` cannot: the order is identical in every run
 (resume equivalence), every rank takes exactly the same number of steps (ZeRO-3 collectives
 would hang otherwise), and the data position is one integer we checkpoint ourselves.
@@ -125,18 +126,18 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
-def load_rows(shard) -> dict[str, np.ndarray]:
-    """Pull a worker's view of the tokenised dataset into memory (token ids only: small)."""
-    quiet_ray_data()
-    cols: dict[str, list] = {}
-    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy", prefetch_batches=1):
-        for k, v in batch.items():
-            cols.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+def n_rows(rows) -> int:
+    """Rows of a split: a :class:`~distrec.train.row_source.ShardRows` or a dict of column arrays."""
+    return rows.num_rows if hasattr(rows, "take") else len(rows["sample_id"])
+
+
+def take(rows, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``idx`` of either form, as a dict of column arrays."""
+    return rows.take(idx) if hasattr(rows, "take") else {k: v[idx] for k, v in rows.items()}
 
 
 def train_micro_batches(
-    rows: dict[str, np.ndarray], rank: int, world: int, micro: int, grad_accum: int,
+    rows, rank: int, world: int, micro: int, grad_accum: int,
     seed: int, epoch: int, start_step: int,
 ) -> Iterator[list[dict[str, np.ndarray]]]:
     """Yield, per optimiser step, this rank's ``grad_accum`` micro-batches.
@@ -146,7 +147,7 @@ def train_micro_batches(
     ``[(a·world + r)·micro, … + micro)``. Resuming at ``start_step`` skips exactly the rows
     already consumed.
     """
-    n = len(rows["sample_id"])
+    n = n_rows(rows)
     order = epoch_order(n, seed, epoch)
     per_step = world * micro * grad_accum
     for step in range(start_step, n // per_step):
@@ -155,18 +156,18 @@ def train_micro_batches(
         for a in range(grad_accum):
             lo = base + (a * world + rank) * micro
             idx = order[lo : lo + micro]
-            micro_batches.append({k: v[idx] for k, v in rows.items()})
+            micro_batches.append(take(rows, idx))
         yield micro_batches
 
 
-def eval_batches(rows: dict[str, np.ndarray], rank: int, world: int, batch: int) -> Iterator[tuple[dict, int]]:
+def eval_batches(rows, rank: int, world: int, batch: int) -> Iterator[tuple[dict, int]]:
     """Yield ``(batch, n_real)`` so that every rank runs the same number of forwards.
 
     Rows are dealt round-robin in global batches of ``world·batch``; a rank whose slice of the
     last global batch is short pads it by repeating its first row (or row 0) and reports how
     many rows are real.
     """
-    n = len(rows["sample_id"])
+    n = n_rows(rows)
     per = world * batch
     for base in range(0, max(n, 1), per):
         lo = base + rank * batch
@@ -177,4 +178,4 @@ def eval_batches(rows: dict[str, np.ndarray], rank: int, world: int, batch: int)
             idx = np.concatenate([idx, np.full(batch - n_real, fill)]).astype(np.int64)
         if n == 0:
             return
-        yield {k: v[idx] for k, v in rows.items()}, n_real
+        yield take(rows, idx), n_real

@@ -124,7 +124,6 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     loopback_env(job.ray)
     from ray.train import (
         CheckpointConfig,
-        DataConfig,
         FailureConfig,
         RunConfig,
         ScalingConfig,
@@ -135,7 +134,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     from distrec.eval.report import format_summary, publish_report
     from distrec.train.artefacts import ensure_crm, ensure_prepared, ensure_retrieval
     from distrec.model.backbone import tokenizer_dir
-    from distrec.train.token_cache import token_datasets
+    from distrec.train.token_cache import split_files
     from distrec.train.loop import train_worker
 
     storage = locate(job.ray.storage_path)
@@ -157,11 +156,11 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     (run / f"config_{mode}.yaml").write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
 
     splits = ["train", "valid", "test"] if mode == "train" else ["test"]
-    datasets = token_datasets(job, prepared, splits)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": to_dict(job), "run": run, "mode": mode, "splits": splits,
-                           "prepared_dir": str(prepared), "crm_dir": crm},
+                           "prepared_dir": str(prepared), "crm_dir": crm,
+                           "token_files": split_files(job, prepared, splits)},
         scaling_config=ScalingConfig(
             num_workers=job.ray.num_workers,
             use_gpu=job.ray.use_gpu,
@@ -174,8 +173,6 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
             checkpoint_config=CheckpointConfig(num_to_keep=job.ray.num_to_keep),
             worker_runtime_env={"env_vars": dict(job.ray.worker_env)} if job.ray.worker_env else None,
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[]),
     )
     result = trainer.fit()
     if result.error is not None:

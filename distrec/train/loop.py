@@ -22,7 +22,8 @@ from distrec.config import JobConfig, job_config_from_dict
 from distrec.storage_uri import Staging, locate
 from distrec.train import faults
 from distrec.train.checkpoint import SELECTED, TrainState, load_selected, restore, save_and_report, save_selected
-from distrec.train.data_stream import eval_batches, load_rows, train_micro_batches
+from distrec.train.data_stream import eval_batches, n_rows, take, train_micro_batches
+from distrec.train.row_source import ShardRows
 from distrec.train.step_timer import StepTimer
 from distrec.train.strategy import steps_per_epoch
 
@@ -63,10 +64,11 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     model, conditioning = assemble(job, llm, tokenizer, adapter, loop_config.get("crm_dir"), strategy.device)
     task = make_task(job, tokenizer, strategy.device, conditioning)
 
-    splits = {name: load_rows(ray.train.get_dataset_shard(name)) for name in loop_config["splits"]}
+    # This rank's view of each split: the token shards, read a row group at a time (train.row_source).
+    splits = {name: ShardRows(loop_config["token_files"][name]) for name in loop_config["splits"]}
     train_rows = splits.get("train")
     t = job.train
-    per_epoch = steps_per_epoch(len(train_rows["sample_id"]), strategy.world_size, t.micro_batch_size, t.grad_accum) if train_rows else 0
+    per_epoch = steps_per_epoch(n_rows(train_rows), strategy.world_size, t.micro_batch_size, t.grad_accum) if train_rows else 0
     total_steps = per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, per_epoch * t.epochs)
     engine = strategy.initialize(model, max(total_steps, 1))
     _write_partition_report(strategy, engine.module, run_dir / "diagnostics")
@@ -97,7 +99,7 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
             from distrec.errors import DataError
 
             raise DataError(
-                f"train split has {len(train_rows['sample_id'])} rows: fewer than one step of "
+                f"train split has {n_rows(train_rows)} rows: fewer than one step of "
                 f"{strategy.world_size} ranks x {t.micro_batch_size} x {t.grad_accum}"
             )
         if strategy.is_rank0 and state.step == 0:
@@ -114,7 +116,8 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
             model.export_projector(run_dir / "spa", strategy.gathered, strategy.is_rank0)
     results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
     if job.data.task == "generative" and job.eval.generate and "test" in splits:
-        results["test"].update(_grounded_test_metrics(ctx, tokenizer, splits["test"], Path(loop_config["prepared_dir"])))
+        test_rows = take(splits["test"], np.arange(n_rows(splits["test"])))  # generation holds its split
+        results["test"].update(_grounded_test_metrics(ctx, tokenizer, test_rows, Path(loop_config["prepared_dir"])))
     if strategy.is_rank0:
         from distrec.eval.environment import run_environment
 
@@ -243,11 +246,11 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
     ctx.engine.eval()
     limit = ctx.job.eval.max_samples if split == "valid" else None
     if limit is not None:
-        rows = {k: v[:limit] for k, v in rows.items()}
+        rows = rows.head(limit)
     started = time.perf_counter()
     local: list[tuple] = []
     batches = eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size)
-    n_batches = -(-len(rows["sample_id"]) // (strategy.world_size * ctx.job.eval.batch_size))
+    n_batches = -(-n_rows(rows) // (strategy.world_size * ctx.job.eval.batch_size))
     for batch, n_real in tqdm(batches, total=n_batches, desc=f"eval {split}", disable=not strategy.is_rank0,
                               mininterval=10):
         local.extend(task.eval_rows(ctx.engine, batch, n_real))
@@ -256,7 +259,7 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
     metrics, columns = task.metrics(list(unique.values()), split=split, step=step)
     ctx.monitor.scalars(step if step is not None else 0,
                         {**{f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                         f"throughput/eval_{split}_rows_per_s": len(rows["sample_id"]) / max(seconds, 1e-9)})
+                         f"throughput/eval_{split}_rows_per_s": n_rows(rows) / max(seconds, 1e-9)})
     if write and strategy.is_rank0 and columns:
         _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", columns)
         if "p_yes" in columns:
@@ -335,7 +338,8 @@ def _peak_memory() -> dict[str, float]:
 
 
 def _log_prompt_samples(ctx: _Context, tokenizer, rows) -> None:
-    n = min(ctx.job.train.prompt_samples_to_log, len(rows["sample_id"]))
+    n = min(ctx.job.train.prompt_samples_to_log, n_rows(rows))
+    rows = take(rows, np.arange(n))
     for i in range(n):
         text = tokenizer.decode(rows["input_ids"][i])
         header = f"label={int(rows['label'][i])}" if "label" in rows else f"sample_id={int(rows['sample_id'][i])}"

@@ -27,9 +27,10 @@ from distrec import atomic, paths
 from distrec.config import JobConfig
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: row groups of ROW_GROUP rows
 TOKEN_COLUMNS = ("input_ids", "labels", "cf_input_ids", "cf_labels")
 ROWS_PER_FILE = 100_000
+ROW_GROUP = 1024  # rows a worker decodes to read one of them (train.row_source)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -92,7 +93,7 @@ def _write_split(ds, folder: Path) -> dict[str, Any]:
                 writer.close()
             files.append(f"part-{len(files):05d}.parquet")
             writer, written = pq.ParquetWriter(folder / files[-1], table.schema), 0
-        writer.write_table(table.cast(schema))
+        writer.write_table(table.cast(schema), row_group_size=ROW_GROUP)
         written += table.num_rows
         rows += table.num_rows
     if writer is not None:
@@ -128,15 +129,10 @@ def ensure_tokens(job: JobConfig, prepared: Path) -> tuple[Path, bool]:
     return target, False
 
 
-def token_datasets(job: JobConfig, prepared: Path, splits: list[str]) -> dict[str, Any]:
-    """Ray Datasets of the cached token shards, one per split, in sample order (materialised, so
-    every worker iterates the same blocks in the same order)."""
-    import ray.data
-
-    from distrec.data.ray_data import quiet_ray_data
-
+def split_files(job: JobConfig, prepared: Path, splits: list[str]) -> dict[str, list[str]]:
+    """The token shards of each split, in row order (building the cache first on a miss); every
+    worker reads its own rows from them (:class:`~distrec.train.row_source.ShardRows`), so the
+    cache folder must be on storage every node mounts, as the prepared folders are."""
     folder, _ = ensure_tokens(job, prepared)
     entries = json.loads((folder / MANIFEST).read_text())["splits"]
-    quiet_ray_data()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    return {s: ray.data.read_parquet([str(folder / s / f) for f in entries[s]["files"]]).materialize() for s in splits}
+    return {s: [str(folder / s / f) for f in entries[s]["files"]] for s in splits}

@@ -1,0 +1,145 @@
+"""Per-rank peak host memory of the training data path at 10^5 / 10^6 (/ 10^7) tokenised CTR samples.
+
+Synthetic token shards in the token cache's layout (``list<int32>`` token ids, ``ROW_GROUP`` rows a
+group, 100k rows a file; prompt lengths 150-350 tokens, 64-item histories, as ML-scale ReLLa CTR
+prompts) are written once per size. Then, each case in a fresh process (so ``ru_maxrss`` is
+its own), rank 0 of 2 runs ``--steps`` optimiser steps of ``train_micro_batches`` (micro 4 x
+accumulation 2) and left-pads every micro-batch into tensors, as the loop does:
+
+- ``shards`` (today): :class:`~distrec.train.row_source.ShardRows`, the rank's rows read a row
+  group at a time;
+- ``whole split`` (the design before): the whole split decoded into the process first, as
+  ``load_rows`` pulled it from Ray Data into every worker.
+
+The model adds the same memory to both designs; this measures what differs. Appends a block to
+RESULTS.md with ``--record``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_shards(folder: Path, n: int, seed: int = 0) -> list[str]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distrec.train.token_cache import ROW_GROUP, ROWS_PER_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    for lo in range(0, n, ROWS_PER_FILE):
+        m = min(ROWS_PER_FILE, n - lo)
+        lengths = rng.integers(150, 351, size=m)
+        offsets = np.zeros(m + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        hist_off = np.arange(m + 1, dtype=np.int32) * 64
+        table = pa.table({
+            "sample_id": np.arange(lo, lo + m, dtype=np.int64),
+            "user_id": rng.integers(0, 162_000, size=m),
+            "item_id": rng.integers(0, 59_000, size=m),
+            "label": rng.integers(0, 2, size=m).astype(np.int8),
+            "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 49_152, size=int(offsets[-1]), dtype=np.int32))),
+            "history_item_ids": pa.ListArray.from_arrays(pa.array(hist_off), pa.array(rng.integers(0, 59_000, size=m * 64))),
+            "n_truncated": np.zeros(m, dtype=np.int32),
+        })
+        files.append(str(folder / f"part-{len(files):05d}.parquet"))
+        pq.write_table(table, files[-1], row_group_size=ROW_GROUP)
+    return files
+
+
+def run_case(files: list[str], design: str, steps: int) -> dict:
+    """One case in this process: peak RSS (MiB) and micro-batch rows/s."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from distrec.data.batching import left_pad
+    from distrec.train.data_stream import train_micro_batches
+    from distrec.train.row_source import ShardRows, column_to_numpy
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    if design == "shards":
+        rows = ShardRows(files)
+    else:
+        table = pq.read_table(files)
+        rows = {name: column_to_numpy(table.column(name)) for name in table.column_names}
+        del table
+    loaded = time.perf_counter() - started
+    started, n = time.perf_counter(), 0
+    for step, micro_batches in enumerate(train_micro_batches(rows, 0, 2, 4, 2, 42, 0, 0)):
+        for mb in micro_batches:
+            left_pad(mb["input_ids"], 0)
+            n += len(mb["sample_id"])
+        if step + 1 >= steps:
+            break
+    rate = n / (time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mib": peak, "baseline_rss_mib": before, "load_s": loaded, "rows_per_s": rate, "steps": steps}
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated sample counts")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--case", nargs=3, metavar=("FILES_JSON", "DESIGN", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(Path(args.case[0]).read_text()), args.case[1], int(args.case[2]))))
+        return ""
+
+    from benchhost import describe_host
+
+    host = describe_host()
+    root = Path(tempfile.mkdtemp(prefix="rank-memory-"))
+    lines = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        t0 = time.perf_counter()
+        files = write_shards(root / str(n), n)
+        written = time.perf_counter() - t0
+        size = sum(Path(f).stat().st_size for f in files) / 2**20
+        listing = root / f"{n}.json"
+        listing.write_text(json.dumps(files))
+        for design in ("shards", "whole split"):
+            out = subprocess.run([sys.executable, __file__, "--case", str(listing), design, str(args.steps)],
+                                 capture_output=True, text=True, check=True, cwd=REPO)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            lines.append(f"| {n:,} | {size:,.0f} MiB ({written:.0f} s) | {design} | {r['peak_rss_mib']:,.0f} | "
+                         f"{r['load_s']:.1f} | {r['rows_per_s']:,.0f} |")
+            print(lines[-1], flush=True)
+    block = "\n".join([
+        f"\n## Per-rank memory of the data path — {datetime.datetime.now().isoformat(timespec='minutes')}\n",
+        f"- Device: {host}",
+        f"- Settings: synthetic CTR token shards (prompts 150-350 tokens, 64-item histories), rank 0 of 2, "
+        f"micro 4 x accumulation 2, {args.steps} steps, each case in a fresh process",
+        f"- Command: `python jobs/bench/rank_memory.py {shlex.join(argv or sys.argv[1:])}`\n",
+        "| samples | shards on disk (write time) | design | peak RSS MiB | load s | rows/s |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ])
+    print(block)
+    if args.record:
+        with RESULTS.open("a") as fh:
+            fh.write(block + "\n")
+    return block
+
+
+if __name__ == "__main__":
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    main()
