@@ -127,6 +127,17 @@ def test_resume_from_a_paused_run_equals_the_uninterrupted_run(storage, baseline
     assert_same_adapter(resumed, baseline, atol=1e-6)
 
 
+def test_resume_from_a_pause_exactly_on_an_epoch_boundary_equals_the_uninterrupted_run(storage, baseline):
+    """64 rows / (2 ranks x 4 x 2) = 4 steps an epoch: a pause after step 4 checkpoints the last
+    step of epoch 0; the resumed run must start epoch 1's permutation, not replay or skip one."""
+    paused = run_job(tiny_job(storage, "epoch-edge", "train.stop_at_step=4"))
+    assert paused.metrics == {}
+    resumed = run_job(tiny_job(storage, "epoch-edge"))
+    epochs = read_scalars(resumed.run_dir / "tensorboard")["train/epoch"]
+    assert [round(v, 6) for s, v in sorted(epochs) if s in (4, 5)] == [1.0, 1.25]
+    assert_same_adapter(resumed, baseline, atol=1e-6)
+
+
 def test_gradient_accumulation_equals_a_larger_micro_batch(storage, baseline):
     bigger = run_job(tiny_job(storage, "accum1", "train.micro_batch_size=8", "train.grad_accum=1"))
     # Same rows per step, grouped differently: equal up to float summation order (amplified a

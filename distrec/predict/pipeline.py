@@ -275,6 +275,9 @@ def run_predict(spec: ScorerSpec, input_spec: str, out: str, opts: PredictOption
         (where / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # published last
     except BaseException:
         fs, root = _filesystem(out)
-        fs.delete_dir_contents(root, missing_dir_ok=True)
+        try:
+            fs.delete_dir(root)  # the shards and the prefix's folder marker
+        except FileNotFoundError:
+            pass
         raise
     return PredictResult(out, manifest)
