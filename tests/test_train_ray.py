@@ -267,3 +267,17 @@ def test_golden_per_step_losses_of_the_tiny_lora_ctr_run(baseline):
     for tag in ("throughput/model_tflops_per_s", "throughput/mfu"):
         values = np.array([v for _, v in scalars[tag]])
         assert len(values) == 12 and np.all(np.isfinite(values)) and np.all(values > 0), tag
+
+
+def test_length_grouped_training_pads_less_and_consumes_every_row_once(storage, baseline):
+    """train.group_by_length: the same rows each epoch, once each, in micro-batches of similar length."""
+    from distrec.train.faults import consumed
+
+    grouped = run_job(tiny_job(storage, "grouped", "train.group_by_length=true", "train.group_steps=4",
+                               "debug.record_samples=true"))
+    per_epoch, raw = consumed(grouped.run_dir)
+    assert raw == 2 * 12 and sorted(per_epoch) == [0, 1, 2]
+    for ids in per_epoch.values():
+        assert len(ids) == len(set(ids)) == 64  # 4 steps x 16 rows: the whole 64-row split, once
+    mean = lambda run: np.mean([v for _, v in read_scalars(run.run_dir / "tensorboard")["data/padding_fraction"]])  # noqa: E731
+    assert mean(grouped) < 0.5 * mean(baseline), (mean(grouped), mean(baseline))

@@ -164,6 +164,8 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None -> end of each epoch
     prompt_samples_to_log: int = 4
     stop_at_step: Optional[int] = None  # pause after this step's checkpoint; re-run the same run name to go on
+    group_by_length: bool = False  # micro-batches of similar prompt lengths (less padding; data_stream.length_grouped_order)
+    group_steps: int = 32  # optimiser steps per length-sorted window
 
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:

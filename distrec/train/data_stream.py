@@ -138,18 +138,21 @@ def take(rows, idx: np.ndarray) -> dict[str, np.ndarray]:
 
 def train_micro_batches(
     rows, rank: int, world: int, micro: int, grad_accum: int,
-    seed: int, epoch: int, start_step: int,
+    seed: int, epoch: int, start_step: int, lengths: np.ndarray | None = None, group_steps: int = 32,
 ) -> Iterator[list[dict[str, np.ndarray]]]:
     """Yield, per optimiser step, this rank's ``grad_accum`` micro-batches.
 
     Step ``s`` of an epoch consumes global rows ``[s·G, (s+1)·G)`` of the epoch's permutation,
     ``G = world·micro·grad_accum``; within it, micro-batch ``a`` of rank ``r`` is the slice
     ``[(a·world + r)·micro, … + micro)``. Resuming at ``start_step`` skips exactly the rows
-    already consumed.
+    already consumed. With ``lengths`` (one per row) the epoch's order is
+    :func:`length_grouped_order` instead: the same rows, fewer padded tokens.
     """
     n = n_rows(rows)
-    order = epoch_order(n, seed, epoch)
     per_step = world * micro * grad_accum
+    order = epoch_order(n, seed, epoch)
+    if lengths is not None:
+        order = length_grouped_order(order, lengths, per_step, group_steps, seed, epoch)
     for step in range(start_step, n // per_step):
         base = step * per_step
         micro_batches = []
@@ -158,6 +161,40 @@ def train_micro_batches(
             idx = order[lo : lo + micro]
             micro_batches.append(take(rows, idx))
         yield micro_batches
+
+
+def length_grouped_order(order: np.ndarray, lengths: np.ndarray, per_step: int, group_steps: int, seed: int,
+                         epoch: int) -> np.ndarray:
+    """The epoch's permutation regrouped so that each micro-batch holds rows of similar length.
+
+    The rows the epoch trains on (the first ``⌊n / per_step⌋·per_step`` of ``order``) are cut
+    into windows of ``group_steps`` optimiser steps; each window is sorted by length (stable,
+    longest first), cut into steps of ``per_step`` consecutive rows (so every micro-batch is a
+    run of similar lengths), and its steps are shuffled by ``default_rng([seed, epoch, window])``
+    so long and short steps alternate. A function of ``(order, lengths, seed, epoch)`` only:
+    identical on every rank and on every resume, and every row of the epoch exactly once.
+    The idea is Hugging Face's ``group_by_length`` (mega-batches sorted by length); the
+    windowing and seeding here are distrec's. Returns ``(⌊n / per_step⌋·per_step,)`` int64.
+    """
+    used = order[: len(order) // per_step * per_step]
+    window = per_step * max(1, group_steps)
+    out = []
+    for w, lo in enumerate(range(0, len(used), window)):
+        part = used[lo:lo + window]
+        part = part[np.argsort(-np.asarray(lengths)[part], kind="stable")]
+        steps = part.reshape(-1, per_step)
+        out.append(steps[np.random.default_rng([seed, epoch, w]).permutation(len(steps))].reshape(-1))
+    return np.concatenate(out) if out else used.astype(np.int64)
+
+
+def padding_counts(micro_batches: list[dict]) -> tuple[int, int]:
+    """``(padded tokens, token slots)`` of left-padding each micro-batch's ``input_ids`` to its longest row."""
+    pad = slots = 0
+    for mb in micro_batches:
+        lengths = [len(s) for s in mb["input_ids"]]
+        slots += max(lengths) * len(lengths)
+        pad += max(lengths) * len(lengths) - sum(lengths)
+    return pad, slots
 
 
 def eval_batches(rows, rank: int, world: int, batch: int) -> Iterator[tuple[dict, int]]:

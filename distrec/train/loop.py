@@ -22,7 +22,7 @@ from distrec.config import JobConfig, job_config_from_dict
 from distrec.storage_uri import Staging, locate
 from distrec.train import faults
 from distrec.train.checkpoint import SELECTED, TrainState, load_selected, restore, save_and_report, save_selected
-from distrec.train.data_stream import eval_batches, n_rows, take, train_micro_batches
+from distrec.train.data_stream import eval_batches, n_rows, padding_counts, take, train_micro_batches
 from distrec.train.row_source import ShardRows
 from distrec.train.step_timer import StepTimer
 from distrec.train.strategy import steps_per_epoch
@@ -163,10 +163,11 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
     ckpt_every = t.checkpoint_every or per_epoch
     ctx.engine.train()
     saved_step = state.step  # the checkpoint this attempt resumed from (0: none)
+    lengths = rows.lengths("input_ids") if t.group_by_length else None
     while state.step < total_steps:
         stream = train_micro_batches(
             rows, strategy.rank, strategy.world_size, t.micro_batch_size, t.grad_accum,
-            t.seed, state.epoch, state.step_in_epoch,
+            t.seed, state.epoch, state.step_in_epoch, lengths=lengths, group_steps=t.group_steps,
         )
         timer = StepTimer(strategy.device)
         for micro_batches in stream:
@@ -176,6 +177,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             norms = {k: strategy.all_reduce_sum(v) for k, v in task.normalisers(micro_batches).items()}
             stats: dict[str, float] = {}
             tokens, flops = 0, 0.0
+            padded, slots = padding_counts(micro_batches)
             for mb in micro_batches:
                 with timer.phase("compute"), task.context(mb):
                     loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
@@ -197,6 +199,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                 global_tokens = strategy.all_reduce_sum(tokens)
                 global_samples = strategy.all_reduce_sum(samples)
                 global_flops = strategy.all_reduce_sum(flops)
+                global_padding = strategy.all_reduce_sum(padded) / max(strategy.all_reduce_sum(slots), 1.0)
                 ctx.monitor.scalars(state.step, {
                     **task.step_loss(global_stats, norms),
                     "train/lr": strategy.lr(),
@@ -205,6 +208,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     "throughput/tokens_per_s": global_tokens / elapsed,
                     "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
+                    "data/padding_counts": global_padding,
                     **({"throughput/model_tflops_per_s": global_flops / elapsed / 1e12} if ctx.flops else {}),
                     **({"throughput/mfu": global_flops / elapsed / (ctx.peak * strategy.world_size)}
                        if ctx.flops and ctx.peak else {}),

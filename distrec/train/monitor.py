@@ -142,15 +142,27 @@ class Monitor:
         self.close()
 
 
+def _vm_hwm_bytes() -> int:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
 def peak_memory_bytes() -> dict[str, int]:
     """Peak memory of this process so far, in bytes.
 
     Returns:
-        ``host_peak_rss`` (ru_maxrss: KiB on Linux, bytes on macOS) and, when CUDA is
-        available, ``cuda_max_allocated`` for the current device.
+        ``host_peak_rss`` (Linux: ``VmHWM`` of /proc/self/status, this process image's own peak;
+        ``ru_maxrss`` there also carries the peak of the process that forked it, as the kernel
+        keeps it across exec; elsewhere ``ru_maxrss``) and, when CUDA is available,
+        ``cuda_max_allocated`` for the current device.
     """
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"host_peak_rss": int(rss if sys.platform == "darwin" else rss * 1024)}
+    out = {"host_peak_rss": _vm_hwm_bytes()}
     if torch.cuda.is_available():
         out["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated())
     return out

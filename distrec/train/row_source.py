@@ -1,14 +1,18 @@
-"""Random access to a split's token shards: a worker decodes only the row groups its rows live in.
+"""Random access to a split's token shards: a worker reads only the record batches its rows live in.
 
-Each training worker opens the token cache's Parquet files of a split (:mod:`distrec.train.token_cache`)
+Each training worker opens the token cache's Arrow IPC files of a split (:mod:`distrec.train.token_cache`)
 and asks for its own rows of every global batch (:func:`distrec.train.data_stream.train_micro_batches`):
-:meth:`ShardRows.take` finds each row's row group by binary search over the groups' first rows,
-decodes that group (pyarrow: a row group is Parquet's unit of independent decoding) and keeps the
-last ``cached_groups`` decoded groups. A worker therefore holds the file metadata, a few decoded
-groups and the epoch's row permutation (8 bytes a row), not the split: its host memory does not
-grow with the dataset. Parquet row groups rather than memory-mapped Arrow IPC: the shards stay
-compressed on shared storage, and pages the worker has read do not stay resident as they would
-in a mapping.
+:meth:`ShardRows.take` finds each row's record batch (128 rows) by binary search over the
+batches' first rows, reads just that batch (the IPC file footer locates it: one seek and one read)
+and keeps the last ``cached_groups`` batches. A worker therefore holds a file handle per shard, a
+few batches and the epoch's row permutation (8 bytes a row), not the split: its host memory does
+not grow with the dataset.
+
+Why Arrow IPC read through ordinary file reads: Parquet has no cheaper unit of random access than
+a row group, and decoding a 1,024-row group to use one row ran at ~260 rows/s a rank (measured,
+``jobs/bench/rank_memory.py``); a memory-mapped IPC file reads as fast but every page a worker
+touches stays resident, so its RSS climbs towards the file size over an epoch. Plain reads of
+small IPC batches do neither (~9,000 random rows/s on this machine's disk, flat memory).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.ipc as ipc
 
 
 def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -34,27 +38,39 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
+def _batch_rows(handle) -> list[int]:
+    """Rows of each record batch of an IPC file. The token cache writes equal batches (the last
+    one shorter), so one batch and the file's row count give them all; otherwise each is read."""
+    n = handle.num_record_batches
+    if n == 0:
+        return []
+    total, first = handle.count_rows(), handle.get_batch(0).num_rows
+    if (n - 1) * first < total <= n * first:
+        return [first] * (n - 1) + [total - (n - 1) * first]
+    return [handle.get_batch(j).num_rows for j in range(n)]
+
+
 class ShardRows:
-    """Rows ``0 .. num_rows-1`` of the Parquet ``files`` (in order), read a row group at a time.
+    """Rows ``0 .. num_rows-1`` of the Arrow IPC ``files`` (in order), read a record batch at a time.
 
     Args:
         files: the split's shards, in row order.
         limit: expose only the first ``limit`` rows.
-        cached_groups: decoded row groups kept (least recently used dropped).
+        cached_groups: record batches kept (least recently used dropped).
     """
 
     def __init__(self, files: Sequence[str | Path], limit: int | None = None, cached_groups: int = 16) -> None:
         self.files = [Path(f) for f in files]
-        self._handles = [pq.ParquetFile(f) for f in self.files]
+        self._handles = [ipc.open_file(pa.OSFile(str(f))) for f in self.files]
         groups, starts, total = [], [], 0
         for i, handle in enumerate(self._handles):
-            for j in range(handle.metadata.num_row_groups):
+            for j, rows in enumerate(_batch_rows(handle)):
                 groups.append((i, j))
                 starts.append(total)
-                total += handle.metadata.row_group(j).num_rows
+                total += rows
         self._groups, self._starts = groups, np.asarray(starts, dtype=np.int64)
         self.num_rows = total if limit is None else min(limit, total)
-        schema = self._handles[0].schema_arrow if self._handles else pa.schema([])
+        schema = self._handles[0].schema if self._handles else pa.schema([])
         self.columns = list(schema.names)
         self._dtypes = {f.name: np.dtype(object) if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
                         else np.dtype(f.type.to_pandas_dtype()) for f in schema}
@@ -79,8 +95,8 @@ class ShardRows:
             self._cache.move_to_end(g)
             return self._cache[g]
         file, group = self._groups[g]
-        table = self._handles[file].read_row_group(group)
-        decoded = {name: column_to_numpy(table.column(name)) for name in table.column_names}
+        batch = self._handles[file].get_batch(group)
+        decoded = {name: column_to_numpy(batch.column(name)) for name in batch.schema.names}
         self._cache[g] = decoded
         if len(self._cache) > self._cached_groups:
             self._cache.popitem(last=False)
@@ -108,6 +124,17 @@ class ShardRows:
                 out[name][:] = values
             else:
                 out[name] = np.asarray(values, dtype=self._dtypes[name])
+        return out
+
+    def lengths(self, name: str = "input_ids") -> np.ndarray:
+        """``(num_rows,)`` int32 lengths of a list column, read one record batch at a time."""
+        out = np.empty(self.num_rows, dtype=np.int32)
+        for g, (file, group) in enumerate(self._groups):
+            lo = int(self._starts[g])
+            if lo >= self.num_rows:
+                break
+            lens = np.diff(self._handles[file].get_batch(group).column(name).offsets.to_numpy())
+            out[lo:lo + len(lens)] = lens[: self.num_rows - lo]
         return out
 
     def column(self, name: str) -> np.ndarray:

@@ -4,7 +4,7 @@ Key (:func:`cache_key`): the prepared folder's content hashes (every split and t
 tokenizer's fingerprint (its vocabulary/merges, special tokens and chat template), the
 ``prompt`` section, the task and the method switches that change the tokens (SPA's placeholder
 markers, CFT's counterfactual rows). Folder: ``$DISTREC_HOME/tokens/<dataset>-<task>-<key>/``
-with ``<split>/part-*.parquet`` (token ids as ``list<int32>``) and ``manifest.json`` (key
+with ``<split>/part-*.arrow`` (Arrow IPC files, token ids as ``list<int32>``) and ``manifest.json`` (key
 inputs, rows per split, files), built by the Ray Data tokenisation actors of
 :mod:`distrec.train.data_stream` and published whole (:func:`distrec.atomic.ensure_folder`:
 concurrent drivers build it once). A hit does no tokenisation; both cases are printed.
@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.ipc as ipc
 
 from distrec import atomic, paths
 from distrec.config import JobConfig
 
 MANIFEST = "manifest.json"
-FORMAT = 2  # 2: row groups of ROW_GROUP rows
+FORMAT = 3  # 3: Arrow IPC files in BATCH_ROWS-row record batches
 TOKEN_COLUMNS = ("input_ids", "labels", "cf_input_ids", "cf_labels")
 ROWS_PER_FILE = 100_000
-ROW_GROUP = 1024  # rows a worker decodes to read one of them (train.row_source)
+BATCH_ROWS = 128  # IPC record batch: what a worker reads to get one of its rows (train.row_source)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -83,21 +83,25 @@ def _arrow(batch: dict[str, np.ndarray]) -> pa.Table:
 
 
 def _write_split(ds, folder: Path) -> dict[str, Any]:
+    """One split as Arrow IPC files of ``ROWS_PER_FILE`` rows in record batches of ``BATCH_ROWS``."""
     folder.mkdir(parents=True)
-    files, rows, writer, written, schema = [], 0, None, 0, None
+    files, rows, writer, sink, written, schema = [], 0, None, None, 0, None
     for batch in ds.iter_batches(batch_format="numpy", batch_size=4096):
         table = _arrow(batch)
         schema = schema or table.schema
         if writer is None or written >= ROWS_PER_FILE:
             if writer is not None:
                 writer.close()
-            files.append(f"part-{len(files):05d}.parquet")
-            writer, written = pq.ParquetWriter(folder / files[-1], table.schema), 0
-        writer.write_table(table.cast(schema), row_group_size=ROW_GROUP)
+                sink.close()
+            files.append(f"part-{len(files):05d}.arrow")
+            sink = pa.OSFile(str(folder / files[-1]), "wb")
+            writer, written = ipc.new_file(sink, schema), 0
+        writer.write_table(table.cast(schema), max_chunksize=BATCH_ROWS)
         written += table.num_rows
         rows += table.num_rows
     if writer is not None:
         writer.close()
+        sink.close()
     return {"rows": rows, "files": files}
 
 

@@ -1,13 +1,13 @@
 """Per-rank peak host memory of the training data path at 10^5 / 10^6 (/ 10^7) tokenised CTR samples.
 
-Synthetic token shards in the token cache's layout (``list<int32>`` token ids, ``ROW_GROUP`` rows a
-group, 100k rows a file; prompt lengths 150-350 tokens, 64-item histories, as ML-scale ReLLa CTR
+Synthetic token shards in the token cache's layout (Arrow IPC, ``list<int32>`` token ids,
+``BATCH_ROWS``-row record batches, 100k rows a file; prompt lengths 150-350 tokens, 64-item histories, as ML-scale ReLLa CTR
 prompts) are written once per size. Then, each case in a fresh process (so ``ru_maxrss`` is
 its own), rank 0 of 2 runs ``--steps`` optimiser steps of ``train_micro_batches`` (micro 4 x
 accumulation 2) and left-pads every micro-batch into tensors, as the loop does:
 
-- ``shards`` (today): :class:`~distrec.train.row_source.ShardRows`, the rank's rows read a row
-  group at a time;
+- ``shards`` (today): :class:`~distrec.train.row_source.ShardRows`, the rank's rows read a record
+  batch at a time;
 - ``whole split`` (the design before): the whole split decoded into the process first, as
   ``load_rows`` pulled it from Ray Data into every worker.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import resource
 import shlex
 import subprocess
 import sys
@@ -35,9 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 def write_shards(folder: Path, n: int, seed: int = 0) -> list[str]:
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.ipc as ipc
 
-    from distrec.train.token_cache import ROW_GROUP, ROWS_PER_FILE
+    from distrec.train.token_cache import BATCH_ROWS, ROWS_PER_FILE
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -57,26 +56,29 @@ def write_shards(folder: Path, n: int, seed: int = 0) -> list[str]:
             "history_item_ids": pa.ListArray.from_arrays(pa.array(hist_off), pa.array(rng.integers(0, 59_000, size=m * 64))),
             "n_truncated": np.zeros(m, dtype=np.int32),
         })
-        files.append(str(folder / f"part-{len(files):05d}.parquet"))
-        pq.write_table(table, files[-1], row_group_size=ROW_GROUP)
+        files.append(str(folder / f"part-{len(files):05d}.arrow"))
+        with pa.OSFile(files[-1], "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=BATCH_ROWS)
     return files
 
 
 def run_case(files: list[str], design: str, steps: int) -> dict:
     """One case in this process: peak RSS (MiB) and micro-batch rows/s."""
-    import numpy as np
-    import pyarrow.parquet as pq
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
 
     from distrec.data.batching import left_pad
     from distrec.train.data_stream import train_micro_batches
     from distrec.train.row_source import ShardRows, column_to_numpy
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from distrec.train.monitor import peak_memory_bytes
+
+    before = peak_memory_bytes()["host_peak_rss"] / 2**20
     started = time.perf_counter()
     if design == "shards":
         rows = ShardRows(files)
     else:
-        table = pq.read_table(files)
+        table = pa.concat_tables([ipc.open_file(pa.OSFile(f)).read_all() for f in files])
         rows = {name: column_to_numpy(table.column(name)) for name in table.column_names}
         del table
     loaded = time.perf_counter() - started
@@ -88,7 +90,7 @@ def run_case(files: list[str], design: str, steps: int) -> dict:
         if step + 1 >= steps:
             break
     rate = n / (time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_bytes()["host_peak_rss"] / 2**20  # VmHWM: ru_maxrss would carry the parent's peak
     return {"peak_rss_mib": peak, "baseline_rss_mib": before, "load_s": loaded, "rows_per_s": rate, "steps": steps}
 
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated sample counts")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--designs", default="shards,whole split",
+                        help="comma-separated: shards, whole split (10^7 rows whole would need ~38 GiB)")
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--case", nargs=3, metavar=("FILES_JSON", "DESIGN", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> str:
         size = sum(Path(f).stat().st_size for f in files) / 2**20
         listing = root / f"{n}.json"
         listing.write_text(json.dumps(files))
-        for design in ("shards", "whole split"):
+        for design in args.designs.split(","):
             out = subprocess.run([sys.executable, __file__, "--case", str(listing), design, str(args.steps)],
                                  capture_output=True, text=True, check=True, cwd=REPO)
             r = json.loads(out.stdout.strip().splitlines()[-1])
