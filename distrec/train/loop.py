@@ -208,7 +208,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     "throughput/tokens_per_s": global_tokens / elapsed,
                     "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
-                    "data/padding_counts": global_padding,
+                    "data/padding_fraction": global_padding,
                     **({"throughput/model_tflops_per_s": global_flops / elapsed / 1e12} if ctx.flops else {}),
                     **({"throughput/mfu": global_flops / elapsed / (ctx.peak * strategy.world_size)}
                        if ctx.flops and ctx.peak else {}),
