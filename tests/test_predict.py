@@ -217,3 +217,24 @@ def test_input_and_output_on_object_storage(ctr_run, test_rows, tmp_path):
     merged = got.merge(want, on="sample_id", suffixes=("", "_run"))
     assert len(merged) == 32
     np.testing.assert_allclose(merged.p_yes, merged.p_yes_run, atol=PARITY_ATOL)
+
+
+
+def test_arrow_timestamps_mean_the_same_seconds(tmp_path):
+    """A ``timestamp`` column of Arrow type timestamp[ms, UTC] builds the samples unix seconds build."""
+    import pyarrow.compute as pc
+
+    from distrec.predict.samples import SampleRules, build_samples
+
+    job = load_job_config(REPO / "jobs" / "tiny.yaml")
+    folder = ensure_prepared(job)
+    test = storage.open_split(folder, "test").slice(0, 8)
+    rules = SampleRules.from_tables("ctr", None, storage.open_table(folder, "items"), storage.open_table(folder, "users"))
+    log = InteractionLog(storage.open_table(folder, "interactions"))
+    rows = test.select(["user_id", "item_id", "timestamp"])
+    as_time = rows.set_column(2, "timestamp", pc.multiply(rows.column("timestamp"), 1000).cast(pa.timestamp("ms", tz="UTC")))
+    seconds, kept, bad = build_samples(rows, log, rules)
+    timed, kept_t, bad_t = build_samples(as_time, log, rules)
+    assert bad == bad_t == [] and kept.tolist() == kept_t.tolist() == list(range(8))
+    assert timed.drop(["rating"]).equals(seconds.drop(["rating"]))  # rating: NaN (unknown) in both
+    assert timed.column("history_item_ids").to_pylist() == test.column("history_item_ids").to_pylist()

@@ -1,7 +1,7 @@
 """Input rows of ``distrec predict`` -> prepared samples, exactly as ``distrec data prepare`` builds them.
 
 Input columns: ``user_id`` and, for CTR, ``item_id`` (the candidate to score); optional
-``timestamp`` (unix seconds: the history is the user's log before it, see
+``timestamp`` (unix seconds, or an Arrow timestamp/date: the history is the user's log before it, see
 :mod:`distrec.predict.history`; absent or null: the whole log); optional explicit
 ``history_item_ids`` (oldest first; with ``history_ratings`` for CTR, whose prompts show
 ratings) that replace the log. Generative rows may carry ``item_id`` (the known next item,
@@ -77,7 +77,12 @@ def _translate(value, keys: Mapping[str, int], what: str):
 
 
 def _column(rows: pa.Table, name: str) -> list:
-    return rows.column(name).to_pylist() if name in rows.column_names else [None] * rows.num_rows
+    if name not in rows.column_names:
+        return [None] * rows.num_rows
+    col = rows.column(name)
+    if name == "timestamp" and (pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)):
+        col = col.cast(pa.timestamp("s")).cast(pa.int64())  # an Arrow time: unix seconds, as the log holds
+    return col.to_pylist()
 
 
 def build_samples(rows: pa.Table, log: InteractionLog, rules: SampleRules) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:

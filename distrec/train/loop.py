@@ -64,7 +64,7 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     model, conditioning = assemble(job, llm, tokenizer, adapter, loop_config.get("crm_dir"), strategy.device)
     task = make_task(job, tokenizer, strategy.device, conditioning)
 
-    # This rank's view of each split: the token shards, read a row group at a time (train.row_source).
+    # This rank's view of each split: the token shards, read a record batch at a time (train.row_source).
     splits = {name: ShardRows(loop_config["token_files"][name]) for name in loop_config["splits"]}
     train_rows = splits.get("train")
     t = job.train
