@@ -229,7 +229,8 @@ def test_arrow_timestamps_mean_the_same_seconds(tmp_path):
     job = load_job_config(REPO / "jobs" / "tiny.yaml")
     folder = ensure_prepared(job)
     test = storage.open_split(folder, "test").slice(0, 8)
-    rules = SampleRules.from_tables("ctr", None, storage.open_table(folder, "items"), storage.open_table(folder, "users"))
+    rules = SampleRules.from_tables("ctr", job.data.max_history_stored, storage.open_table(folder, "items"),
+                                    storage.open_table(folder, "users"))
     log = InteractionLog(storage.open_table(folder, "interactions"))
     rows = test.select(["user_id", "item_id", "timestamp"])
     as_time = rows.set_column(2, "timestamp", pc.multiply(rows.column("timestamp"), 1000).cast(pa.timestamp("ms", tz="UTC")))
