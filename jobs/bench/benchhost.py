@@ -19,3 +19,12 @@ def describe_host() -> str:
         gpu = f"GPU unknown ({type(exc).__name__})"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{cpu_model()}, {os.cpu_count()} cores, {gpu}; load average {load:.1f} at start"
+
+
+def publish(block: str, record: bool, results) -> str:
+    """Print a benchmark's Markdown block and, with ``record``, append it to ``results`` (RESULTS.md)."""
+    print(block)
+    if record:
+        with open(results, "a") as fh:
+            fh.write(block + "\n")
+    return block

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> str:
 
     from distrec.config import load_job_config
     from distrec.data import storage
-    from benchhost import describe_host
+    from benchhost import describe_host, publish
     from distrec.predict.driver import predict
     from distrec.predict.pipeline import MANIFEST, PredictOptions
     from distrec.train.artefacts import ensure_prepared
@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> str:
         "|---|---|---|---|---|---|---|",
         *lines,
     ])
-    print(block)
-    if args.record:
-        with RESULTS.open("a") as fh:
-            fh.write(block + "\n")
-    return block
+    return publish(block, args.record, RESULTS)
 
 
 if __name__ == "__main__":

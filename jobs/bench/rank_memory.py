@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> str:
         print(json.dumps(run_case(json.loads(Path(args.case[0]).read_text()), args.case[1], int(args.case[2]))))
         return ""
 
-    from benchhost import describe_host
+    from benchhost import describe_host, publish
 
     host = describe_host()
     root = Path(tempfile.mkdtemp(prefix="rank-memory-"))
@@ -136,11 +136,7 @@ def main(argv: list[str] | None = None) -> str:
         "|---|---|---|---|---|---|",
         *lines,
     ])
-    print(block)
-    if args.record:
-        with RESULTS.open("a") as fh:
-            fh.write(block + "\n")
-    return block
+    return publish(block, args.record, RESULTS)
 
 
 if __name__ == "__main__":
