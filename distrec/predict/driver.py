@@ -23,10 +23,10 @@ def predict(run: str, input_spec: str, out: str, opts: PredictOptions, *, top_k:
 
     schema, _ = input_schema(input_spec)
     if is_eimf_run(run):
-        from distrec.train.launcher import init_ray
-
         from distrec.config import RayConfig
+        from distrec.train.launcher import init_ray, loopback_env
 
+        loopback_env(RayConfig())
         init_ray(RayConfig(num_workers=1))
         use_gpu = _cluster_has_gpus()
         spec = eimf_spec(run, schema, top_n=top_k or 20, batch_size=batch_size or 256, use_gpu=use_gpu)
