@@ -5,7 +5,7 @@ tokenises them in an actor pool (``map_batches``), in a fixed order; :mod:`distr
 writes the result once as token shards that later runs read instead.
 Every training worker opens the token shards of each split (:mod:`distrec.train.row_source`) and
 reads only its own deterministic slice of every *global* micro-batch of ``world × micro`` rows,
-row group by row group, so its memory does not grow with the dataset. That keeps
+one record batch at a time, so its memory does not grow with the dataset. That keeps
 three promises Ray's dynamic ``streaming_split`` cannot: the order is identical in every run
 (resume equivalence), every rank takes exactly the same number of steps (ZeRO-3 collectives
 would hang otherwise), and the data position is one integer we checkpoint ourselves.
