@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from distrec.predict.run_model import OneProcess  # noqa: F401 - re-exported to the field-input tests
 from distrec.config import PromptConfig
 from distrec.data.prompts import Catalog
 from distrec.data.tokenize import tokenize_batch
@@ -74,15 +75,6 @@ class ScriptedGenerator(torch.nn.Module):
         for i, o in enumerate(outs):
             new[i, :len(o)] = torch.tensor(o)
         return torch.cat([input_ids.repeat_interleave(n_ret, 0), new], dim=1)
-
-
-class OneProcess:
-    """The part of the training strategy grounding uses, for a single process."""
-
-    rank, world_size, is_rank0 = 0, 1, True
-
-    def all_gather_object(self, obj):
-        return [obj]
 
 
 def generative_rows(samples: Sequence[Mapping], catalog: Catalog, tokenizer, history_k: int = 10) -> dict:

@@ -89,12 +89,20 @@ def test_tonights_candidates_and_unknown_keys(shop_run, tmp_path):
     assert manifest["bad_rows"] == 1 and manifest["rows_out"] == 2
 
 
-def test_export_of_the_shop_run_loads_without_distrec(shop_run, tmp_path):
-    _, result = shop_run
+def test_export_of_the_shop_run_loads_as_a_plain_hf_model(shop_run, tmp_path):
+    """The merged export loads with ``AutoModelForCausalLM`` and has the run's backbone shape
+    (``tests/test_export.py`` checks its logits in a process without distrec)."""
+    job, result = shop_run
     out = CliRunner().invoke(app, ["export", "--run", str(result.run_dir), "--merged", str(tmp_path / "merged")])
     assert out.exit_code == 0, out.output
     card = (tmp_path / "merged" / "README.md").read_text()
     assert "custom" in card and "distrec export --run" in card
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged") is not None
+    from distrec.model.backbone import resolve_model_dir
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    base = json.loads((resolve_model_dir(job.model) / "config.json").read_text())
+    assert merged.config.num_hidden_layers == base["num_hidden_layers"]
+    assert merged.config.hidden_size == base["hidden_size"]
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # merged, not wrapped

@@ -21,7 +21,7 @@ def predict(run: str, input_spec: str, out: str, opts: PredictOptions, *, top_k:
     """Score ``input_spec`` with the run at ``run`` into ``out``; see :func:`run_predict` for errors."""
     from distrec.predict.eimf import eimf_spec, is_eimf_run
 
-    schema, _ = input_schema(input_spec)
+    schema, files = input_schema(input_spec)  # listed and counted once, here
     if is_eimf_run(run):
         from distrec.config import RayConfig
         from distrec.train.launcher import init_ray, loopback_env
@@ -30,8 +30,8 @@ def predict(run: str, input_spec: str, out: str, opts: PredictOptions, *, top_k:
         init_ray(RayConfig(num_workers=1))
         use_gpu = _cluster_has_gpus()
         spec = eimf_spec(run, schema, top_n=top_k or 20, batch_size=batch_size or 256, use_gpu=use_gpu)
-        return run_predict(spec, input_spec, out, opts, {"run": str(run)}, overwrite=overwrite)
-    return _predict_llm(run, input_spec, out, opts, schema, top_k, batch_size, overwrite, overrides or [])
+        return run_predict(spec, input_spec, out, opts, {"run": str(run)}, overwrite=overwrite, files=files)
+    return _predict_llm(run, input_spec, out, opts, schema, files, top_k, batch_size, overwrite, overrides or [])
 
 
 def _cluster_has_gpus() -> bool:
@@ -40,7 +40,7 @@ def _cluster_has_gpus() -> bool:
     return int(ray.cluster_resources().get("GPU", 0)) > 0
 
 
-def _predict_llm(run, input_spec, out, opts, schema, top_k, batch_size, overwrite, overrides) -> PredictResult:
+def _predict_llm(run, input_spec, out, opts, schema, files, top_k, batch_size, overwrite, overrides) -> PredictResult:
     import ray
 
     from distrec.config import load_job_config
@@ -87,4 +87,4 @@ def _predict_llm(run, input_spec, out, opts, schema, top_k, batch_size, overwrit
         spec = ScorerSpec(GenerativeScorer, kwargs, "generative", num_gpus=1.0 if use_gpu else 0.0)
     meta = {"run": str(run), "config_hash": run_environment(to_dict(job))["config_hash"],
             "options": dataclasses.asdict(opts)}
-    return run_predict(spec, input_spec, out, opts, meta, overwrite=overwrite)
+    return run_predict(spec, input_spec, out, opts, meta, overwrite=overwrite, files=files)

@@ -42,11 +42,13 @@ class LlmScorer:
                                              storage.open_table(Path(prepared), "users"))
         self.log = InteractionLog(storage.open_table(Path(source), "interactions"))
         self.tokenize = TokenizeActor(job, prepared).tokenize
-        self.space = None
+        self.space = self.subr = None
         if space is not None:
             import ray
 
-            self.space = ray.get(space[0])
+            from distrec.train.artefacts import subr_config
+
+            self.space, self.subr = ray.get(space[0]), subr_config(self.job)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.run = load_run_model(self.job, run, crm, device)
 
@@ -54,9 +56,8 @@ class LlmScorer:
         samples, kept, bad = build_samples(rows, self.log, self.rules)
         if self.space is not None and samples.num_rows:
             from distrec.retrieval.subr import retrieve_table
-            from distrec.train.artefacts import subr_config
 
-            samples = retrieve_table(samples, self.space, subr_config(self.job))
+            samples = retrieve_table(samples, self.space, self.subr)
         return self.tokenize(samples), kept, bad
 
     def _batches(self, columns: dict[str, np.ndarray]):

@@ -99,45 +99,35 @@ def input_files(spec: str) -> list[tuple[str, str]]:
     return files
 
 
+def _read(fs, path: str, fmt: str, what):
+    """``what(dataset)`` of one input file; DataError naming it when it is truncated or not that format."""
+    import pyarrow.dataset as pads
+
+    try:
+        return what(pads.dataset(path, format=fmt, filesystem=fs))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: unreadable {fmt} file (truncated or another format?): {exc}") from None
+
+
 def read_file(fs, path: str, fmt: str) -> pa.Table:
-    """One input file of filesystem ``fs``, whole; DataError naming it when it is truncated or not that format."""
-    import pyarrow.dataset as pads
-
-    try:
-        return pads.dataset(path, format=fmt, filesystem=fs).to_table()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: unreadable {fmt} file (truncated or another format?): {exc}") from None
-
-
-def _row_count(spec: str, path: str, fmt: str) -> int:
-    import pyarrow.dataset as pads
-
-    fs, _ = _filesystem(spec)
-    try:
-        return pads.dataset(path, format=fmt, filesystem=fs).count_rows()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: unreadable {fmt} file (truncated or another format?): {exc}") from None
+    """One input file of filesystem ``fs``, whole."""
+    return _read(fs, path, fmt, lambda ds: ds.to_table())
 
 
 def input_schema(spec: str) -> tuple[pa.Schema, list[tuple[str, str, int]]]:
     """The first file's schema and ``(path, format, rows)`` of every file; files whose columns
     differ from the first's are refused by name."""
-    import pyarrow.dataset as pads
-
     files = input_files(spec)
     fs, _ = _filesystem(spec)
     schema = None
     listed = []
     for path, fmt in files:
-        try:
-            this = pads.dataset(path, format=fmt, filesystem=fs).schema
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{path}: unreadable {fmt} file (truncated or another format?): {exc}") from None
+        this, rows = _read(fs, path, fmt, lambda ds: (ds.schema, ds.count_rows()))
         if schema is None:
             schema = this
         elif set(this.names) != set(schema.names):
             raise DataError(f"{path}: columns {sorted(this.names)} differ from {files[0][0]}'s {sorted(schema.names)}")
-        listed.append((path, fmt, _row_count(spec, path, fmt)))
+        listed.append((path, fmt, rows))
     return schema, listed
 
 
@@ -233,8 +223,9 @@ def _run_pool(tasks: list[dict[str, Any]], spec: ScorerSpec, input_spec: str, ou
 
 
 def run_predict(spec: ScorerSpec, input_spec: str, out: str, opts: PredictOptions, meta: dict[str, Any],
-                overwrite: bool = False) -> PredictResult:
+                overwrite: bool = False, files: list[tuple[str, str, int]] | None = None) -> PredictResult:
     """Score every row of ``input_spec`` with ``spec`` into ``out`` (local folder or URI prefix).
+    ``files``: :func:`input_schema`'s listing when the caller has it already (else listed here).
 
     Raises DataError naming the file and row of the first bad row (``on_bad_row="error"``),
     ConfigError when ``out`` exists without ``overwrite``. Nothing is published on failure.
@@ -244,7 +235,8 @@ def run_predict(spec: ScorerSpec, input_spec: str, out: str, opts: PredictOption
 
     if opts.on_bad_row not in ("error", "skip"):
         raise ConfigError(f"--on-bad-row must be 'error' or 'skip', got {opts.on_bad_row!r}")
-    _, files = input_schema(input_spec)
+    if files is None:
+        _, files = input_schema(input_spec)
     tasks = tasks_for(files, opts.chunk_rows)
     started = time.perf_counter()
 
