@@ -144,9 +144,9 @@ def crm_train(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
-    """Train DIN on the job's full training split (or reuse it) and print its AUC / LogLoss."""
+    """Train DIN on the job's full training split with the training loop (or reuse it); print its AUC / LogLoss."""
     from distrec.config import load_job_config
-    from distrec.model.crm.train_din import METRICS
+    from distrec.model.crm.artefact import METRICS
     from distrec.train.artefacts import ensure_crm
 
     try:
@@ -157,7 +157,9 @@ def crm_train(
     import json
 
     metrics = json.loads((folder / METRICS).read_text())
-    typer.echo(f"DIN -> {folder} ({metrics['train_samples']} training samples, best epoch {metrics['best_epoch']})")
+    train = metrics.get("train") or {}
+    typer.echo(f"DIN -> {folder} ({train.get('samples')} training samples, {train.get('steps')} steps, "
+               f"best at step {train.get('best_step')})")
     for split in ("valid", "test"):
         m = metrics.get(split) or {}
         if m:

@@ -92,7 +92,7 @@ def test_crm_folder_missing_or_of_the_wrong_width(tmp_path):
 
     from distrec.model.adapters import make_adapter
     from distrec.model.crm import DIN, DinConfig
-    from distrec.model.crm.train_din import load_din, save_din
+    from distrec.model.crm.artefact import load_din, save_din
     from distrec.model.rellax import assemble
 
     with pytest.raises(ModelError, match=f"{tmp_path}: not a DIN folder"):

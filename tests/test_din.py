@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +13,7 @@ from distrec.data import storage
 from distrec.data.schema import CTR_SAMPLES, ITEMS, USERS
 from distrec.errors import DataError
 from distrec.model.crm import DIN, DinConfig
-from distrec.model.crm.train_din import history_matrix, load_din, train_din
+from distrec.model.crm.history import history_matrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
@@ -22,7 +22,7 @@ CATALOG = np.arange(100, 140, dtype=np.int64)  # 40 items: 100..119 group 0, 120
 
 def small_cfg(**kw) -> DinConfig:
     base = {"embed_dim": 8, "hist_len": 10, "attn_hidden": 16, "hidden_size": 32, "mlp_layers": 2, "epochs": 4,
-                "batch_size": 64, "lr": 1e-2, "dropout": 0.0, "seed": 7, "device": "cpu"}
+                "batch_size": 64, "lr": 1e-2, "dropout": 0.0, "seed": 7}
     return DinConfig(**{**base, **kw})
 
 
@@ -97,38 +97,127 @@ def write_learnable(root, n=2400, seed=0):
     return root
 
 
-def test_train_din_learns_selects_on_valid_and_round_trips(tmp_path):
-    prepared = write_learnable(tmp_path / "prepared")
-    cfg = small_cfg()
-    metrics = train_din(prepared, cfg, tmp_path / "din")
-    first_auc = metrics["history"][0]["valid_auc"]
-    assert metrics["valid"]["auc"] > 0.9, metrics["history"]
-    assert metrics["valid"]["auc"] == max(h["valid_auc"] for h in metrics["history"])
-    assert metrics["valid"]["auc"] >= first_auc
-    assert metrics["test"]["auc"] > 0.85 and np.isfinite(metrics["test"]["logloss"])
-    assert metrics["best_epoch"] in range(1, cfg.epochs + 1)
-    saved = json.loads((tmp_path / "din" / "metrics.json").read_text())
-    assert saved["best_epoch"] == metrics["best_epoch"]
-    assert json.loads((tmp_path / "din" / "din_config.json").read_text())["config"]["hidden_size"] == 32
+def din_job(tmp_path, name: str, *extra: str, **train):
+    """The CRM job of a default config, small DIN settings, on 2 ranks; ``train``: TrainConfig
+    fields to replace (checkpoint_every, ...)."""
+    import dataclasses
 
-    model = load_din(tmp_path / "din")
-    table = storage.open_split(prepared, "test")
+    from distrec.config import load_job_config
+    from distrec.train.artefacts import crm_job
+
+    cfg = small_cfg()
+    crm = [f"crm.{k}={v}" for k, v in dataclasses.asdict(cfg).items()]
+    job = crm_job(load_job_config(None, [*crm, *extra]))
+    ray = dataclasses.replace(job.ray, storage_path=str(tmp_path / "runs"), run_name=name)
+    return dataclasses.replace(job, ray=ray, train=dataclasses.replace(job.train, **train))
+
+
+def oracle_weights(prepared, cfg: DinConfig, steps: int, world: int) -> dict[str, torch.Tensor]:
+    """An independent single process: the same init seed, the same global batches (the loop's
+    seeded epoch permutation, rows [s·G, (s+1)·G)), mean BCE over each, AdamW(lr) step."""
+    from distrec.train.data_stream import epoch_order
+
+    table = storage.open_split(prepared, "train")
     ids, mask = history_matrix(table, cfg.hist_len)
     target = torch.from_numpy(table.column("item_id").to_numpy())
-    logit, rep = model(torch.from_numpy(ids), torch.from_numpy(mask), target)
-    from distrec.model.crm.train_din import _tensors, predict
+    label = torch.from_numpy(table.column("label").to_numpy().astype(np.float32))
+    torch.manual_seed(cfg.seed)
+    model = DIN(np.sort(CATALOG), cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    order = epoch_order(len(table), cfg.seed, 0)
+    for s in range(steps):
+        idx = torch.from_numpy(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
+        logit, _ = model(torch.from_numpy(ids)[idx], torch.from_numpy(mask)[idx], target[idx])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.state_dict()
 
-    probs = predict(model, _tensors(table, cfg))
-    assert np.allclose(torch.sigmoid(logit).detach().numpy(), probs, atol=1e-6)
-    from distrec.metrics.ctr_metrics import ctr_metrics
 
-    assert ctr_metrics(table.column("label").to_numpy(), probs, table.column("user_id").to_numpy())["auc"] == pytest.approx(metrics["test"]["auc"])
-    again = load_din(tmp_path / "din")
-    l2, r2 = again(torch.from_numpy(ids), torch.from_numpy(mask), target)
-    assert torch.equal(logit, l2) and torch.equal(rep, r2)
-    assert torch.equal(model.item_embeddings(torch.tensor([100, 139])), again.item_embeddings(torch.tensor([100, 139])))
+@pytest.mark.ray
+def test_the_loop_trains_the_din_as_one_process_would_and_exports_it(tmp_path, ray_local):
+    """4 steps on 2 ranks (ZeRO stage 0, gloo) equal a single process on the same global
+    batches; the exported folder reproduces the run's own test predictions and sklearn's AUC.
+    (Later steps drift apart at float precision: Adam turns the summation-order noise of
+    near-zero gradients into ±lr updates, so the comparison stops at 4 steps.)"""
+    from sklearn.metrics import roc_auc_score
 
-    # same seed, same result (no output folder this time; each epoch's shuffle depends only on
-    # (seed, epoch), so a 2-epoch run must repeat the first two epochs exactly)
-    repeat = train_din(prepared, small_cfg(epochs=2))
-    assert repeat["history"] == metrics["history"][:2]
+    from distrec.model.crm.artefact import load_din
+    from distrec.train.launcher import run_job
+
+    prepared = write_learnable(tmp_path / "prepared")
+    run = run_job(din_job(tmp_path, "four-steps", epochs=1, max_steps=4), prepared=prepared)
+    assert run.metrics["train"]["steps"] == 4 and run.metrics["train"]["best_step"] == 4
+    model = load_din(run.run_dir / "din")
+    oracle = oracle_weights(prepared, model.config, 4, world=2)
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(tensor, oracle[name], rtol=0, atol=1e-5), (name, (tensor - oracle[name]).abs().max())
+
+    test = storage.open_split(prepared, "test")
+    ids, mask = history_matrix(test, model.config.hist_len)
+    with torch.no_grad():
+        logit, _ = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(test.column("item_id").to_numpy()))
+    probs = torch.sigmoid(logit).numpy()
+    import pyarrow.parquet as pq
+
+    written = pq.read_table(run.run_dir / "predictions_test.parquet").to_pydict()
+    by_id = dict(zip(written["sample_id"], written["p_yes"]))
+    got = np.array([by_id[i] for i in test.column("sample_id").to_pylist()])
+    assert np.allclose(got, probs, atol=1e-6)
+    labels = test.column("label").to_numpy()
+    assert run.metrics["test"]["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)
+
+
+@pytest.mark.ray
+def test_din_learns_selects_the_best_epoch_and_stops_early(tmp_path, ray_local):
+    """4 epochs at lr 1e-2 learn the synthetic task (valid AUC > 0.9, test > 0.85) and the kept
+    state is the best validation's; at lr 0 no validation improves on the first, so patience 1
+    stops after epoch 2 with epoch 1's state."""
+    from distrec.eval.tensorboard import read_scalars
+    from distrec.train.launcher import run_job
+
+    prepared = write_learnable(tmp_path / "prepared")
+    run = run_job(din_job(tmp_path, "learn"), prepared=prepared)
+    per_epoch = run.metrics["train"]["steps"] // 4
+    valid = dict(read_scalars(run.run_dir / "tensorboard")["eval/valid_auc"])
+    final = valid.pop(0)  # the selected state's evaluation is logged at step 0
+    assert sorted(valid) == [per_epoch * e for e in (1, 2, 3, 4)]
+    assert final == pytest.approx(max(valid.values()), abs=1e-6)
+    assert run.metrics["valid"]["auc"] == pytest.approx(max(valid.values()), abs=1e-6)
+    assert run.metrics["valid"]["auc"] > 0.9
+    assert run.metrics["train"]["best_step"] == max(valid, key=valid.get)
+    assert run.metrics["test"]["auc"] > 0.85
+
+    still = run_job(din_job(tmp_path, "still", lr=0.0, patience=1), prepared=prepared)
+    assert still.metrics["train"]["stopped_early"] == 1
+    assert still.metrics["train"]["steps"] == 2 * per_epoch and still.metrics["train"]["best_step"] == per_epoch
+
+
+@pytest.mark.ray
+def test_killed_din_run_resumes_mid_epoch_to_the_identical_model(tmp_path, ray_local):
+    """SIGKILL of the last rank after step 9 (checkpoints every 4 steps, epochs of 26): the
+    restarted group resumes from step 8 and ends with the uninterrupted run's weights, having
+    trained on every sample exactly once per epoch."""
+    from safetensors.torch import load_file
+
+    from distrec.eval.tensorboard import read_texts
+    from distrec.train.faults import consumed
+    from distrec.train.launcher import run_job
+
+    prepared = write_learnable(tmp_path / "prepared")
+    base = din_job(tmp_path, "din-base", epochs=2, checkpoint_every=4, patience=None)
+    plain = run_job(base, prepared=prepared)
+    killed_job = din_job(tmp_path, "din-killed", "ray.max_failures=1", epochs=2, checkpoint_every=4, patience=None)
+    killed_job = dataclasses.replace(killed_job, debug=dataclasses.replace(killed_job.debug, kill_at_steps=[9],
+                                                                           record_samples=True))
+    killed = run_job(killed_job, prepared=prepared)
+    assert any("resumed at step 8" in t for t in read_texts(killed.run_dir / "tensorboard")["events/resume"])
+    a, b = load_file(str(plain.run_dir / "din" / "din.safetensors")), load_file(str(killed.run_dir / "din" / "din.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    by_epoch, _ = consumed(killed.run_dir)
+    n_used = (storage.read_manifest(prepared)["splits"]["train"]["rows"] // 64) * 64
+    assert sorted(by_epoch) == [0, 1]
+    for epoch, ids in by_epoch.items():
+        assert len(ids) == len(set(ids)) == n_used, epoch

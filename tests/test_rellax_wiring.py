@@ -104,7 +104,7 @@ def test_spa_prompt_has_one_marker_per_shown_item_and_names_them_after_truncatio
 @pytest.fixture(scope="module")
 def din_folder(tmp_path_factory):
     from distrec.model.crm import DIN, DinConfig
-    from distrec.model.crm.train_din import save_din
+    from distrec.model.crm.artefact import save_din
 
     torch.manual_seed(0)
     cfg = DinConfig(embed_dim=8, hist_len=4, attn_hidden=8, hidden_size=16, mlp_layers=2, dropout=0.0, device="cpu")
@@ -121,7 +121,7 @@ def batch_of(histories, shown, targets) -> dict:
 
 
 def test_crm_inputs_equal_din_run_by_hand(din_folder):
-    from distrec.model.crm.train_din import load_din
+    from distrec.model.crm.artefact import load_din
     from distrec.model.crm.features import CrmFeatures
 
     crm, din = CrmFeatures(din_folder), load_din(din_folder)

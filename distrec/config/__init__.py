@@ -84,12 +84,14 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    """The backbone causal LM.
+    """What the job trains: a causal LM (``kind: causal_lm``, the default) or the DIN CRM
+    (``kind: din``; its settings are the ``crm`` section, its data the job's CTR samples).
 
     ``name_or_path``: an HF model id, a local folder, ``smollm2-135m`` (the offline GGUF,
     converted once and cached), or ``tiny`` (a random Llama built from ``tiny``'s kwargs).
     """
 
+    kind: Literal["causal_lm", "din"] = "causal_lm"
     name_or_path: str = "smollm2-135m"
     gguf_file: Optional[str] = None
     trust_remote_code: bool = False
@@ -156,6 +158,8 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: Literal["linear", "constant"] = "linear"  # after warm-up: linear decay to 0, or constant
+    patience: Optional[int] = None  # stop after this many validations without a better selection metric
     micro_batch_size: int = 4  # per rank
     grad_accum: int = 1
     seed: int = 42
@@ -170,6 +174,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:
             raise ValueError("train.micro_batch_size, train.grad_accum and train.epochs must be > 0")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
 
 
 @dataclass
@@ -297,6 +303,8 @@ class JobConfig:
         if (self.spa.enabled or self.subr.enabled or self.needs_crm) and self.data.task != "ctr":
             raise ValueError("subr, spa and CFLoRA mode 'generated' read CTR samples (data.task=ctr); "
                              "other CFLoRA modes work with either task")
+        if self.model.kind == "din" and self.data.task != "ctr":
+            raise ValueError("model.kind=din trains on CTR samples: set data.task=ctr")
         if self.crm.history == "retrieved" and not self.subr.enabled:
             raise ValueError("crm.history=retrieved reads SUBR's history_indices: set subr.enabled=true")
 

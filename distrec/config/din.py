@@ -18,13 +18,12 @@ class DinConfig:
     dropout: float = 0.1
     history: Literal["recent", "retrieved"] = "recent"  # retrieved: use a SUBR folder's history_indices ("SIM"-style CRM)
     epochs: int = 5
-    batch_size: int = 256
+    batch_size: int = 256  # global: split over ray.num_workers ranks
     eval_batch_size: int = 4096
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 2  # epochs without a better valid AUC before stopping
     seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hist_len", "attn_hidden", "hidden_size", "mlp_layers", "epochs", "batch_size"):

@@ -25,3 +25,16 @@ def left_pad(sequences, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on each row's first real token (left padding)."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def right_pad(sequences, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad int sequences (each at most ``width`` long) with 0 to ``(B, width)`` int64 ids
+    and a ``(B, width)`` bool mask; the layout of a DIN history (oldest first)."""
+    ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, s in enumerate(sequences):
+        if len(s) > width:
+            raise ValueError(f"row {i} has {len(s)} entries, more than the width {width}")
+        ids[i, : len(s)] = torch.as_tensor(np.asarray(s), dtype=torch.long)
+        mask[i, : len(s)] = True
+    return ids, mask

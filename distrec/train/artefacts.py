@@ -102,29 +102,72 @@ def crm_dir(job: JobConfig) -> Path:
     """``crm.path``, or ``$DISTREC_HOME/crm/<dataset>-din-<hash of data + DIN (+ SUBR) settings>``."""
     if job.crm.path:
         return Path(job.crm.path).expanduser()
+    return paths.distrec_home() / "crm" / crm_run_name(job)
+
+
+def crm_run_name(job: JobConfig) -> str:
+    """``<dataset>-din-<hash of data + DIN (+ SUBR) settings>``: the CRM's folder and run name."""
     from distrec.data.prepare import config_key
 
     key = {"data": config_key(full_data(job)), "din": dataclasses.asdict(din_config(job))}
     if job.crm.history == "retrieved":
         key["subr"] = subr_key(job)
-    return paths.distrec_home() / "crm" / f"{job.data.dataset}-din-{_digest(key)}"
+    return f"{job.data.dataset}-din-{_digest(key)}"
 
 
-def ensure_crm(job: JobConfig) -> Path:
-    """A trained DIN folder for this job: reused when present, else trained on the full split."""
-    from distrec.model.crm.train_din import REQUIRED, train_din
+def crm_job(job: JobConfig) -> JobConfig:
+    """The job that trains ``job``'s CRM in the one loop: ``model.kind: din`` on the full CTR
+    split, ``crm.*`` as its optimisation (``crm.batch_size`` global, AdamW at a constant
+    ``crm.lr``, validation AUC each epoch, early stop after ``crm.patience`` epochs without a
+    better one), plain data parallel (ZeRO stage 0, fp32) on ``job.ray``'s workers. Its run is
+    ``$DISTREC_HOME/crm/runs/<crm_run_name>``, so an interrupted CRM resumes. ConfigError when
+    ``crm.batch_size`` does not split over ``ray.num_workers``."""
+    from distrec.config import DebugConfig, DeepSpeedConfig, SpaConfig, TrainConfig
+    from distrec.errors import ConfigError
+
+    c, world = job.crm, job.ray.num_workers
+    if c.batch_size % world:
+        raise ConfigError(f"crm.batch_size={c.batch_size} must be divisible by ray.num_workers={world} "
+                          "(it is the CRM's global batch)")
+    train = TrainConfig(epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, lr_schedule="constant",
+                        patience=c.patience, micro_batch_size=c.batch_size // world, seed=c.seed, log_every=10)
+    return dataclasses.replace(
+        job, model=dataclasses.replace(job.model, kind="din"), data=full_data(job), train=train,
+        adapter=dataclasses.replace(job.adapter, kind="none"), spa=SpaConfig(enabled=False),
+        deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
+        eval=dataclasses.replace(job.eval, batch_size=max(1, c.eval_batch_size // world), max_samples=None,
+                                 generate=False),
+        ray=dataclasses.replace(job.ray, storage_path=str(paths.distrec_home() / "crm" / "runs"),
+                                run_name=crm_run_name(job)),
+        debug=DebugConfig())
+
+
+def ensure_crm(job: JobConfig, crm: JobConfig | None = None) -> Path:
+    """A trained DIN folder for this job: reused when present, else trained by the one loop
+    (:func:`crm_job`, or ``crm`` when given) and published with its ``metrics.json`` (the
+    run's selected-state valid and test metrics, steps, best step)."""
+    from distrec.model.crm.artefact import METRICS, REQUIRED, json_safe
+    from distrec.train.launcher import run_job
 
     out = crm_dir(job)
     if atomic.is_complete(out, REQUIRED):
         return out
-    source = ensure_prepared(job, full_data(job))
+    crm = crm or crm_job(job)
+    source = ensure_prepared(crm)
     if job.crm.history == "retrieved":
         source = ensure_retrieval(job, source)
     with atomic.lock(out):
         if atomic.is_complete(out, REQUIRED):
             return out
-        metrics = train_din(source, din_config(job), out_dir=out, overwrite=out.exists())
-    test = metrics.get("test") or {}
-    print(f"CRM (DIN) trained on {metrics['train_samples']} samples in {metrics['seconds']:.0f} s: "
-          f"test AUC {test.get('auc', float('nan')):.4f} -> {out}", flush=True)
+        run = run_job(crm, prepared=source)
+        din = Path(run.run_dir) / "din"
+
+        with atomic.staged(out, REQUIRED, overwrite=True) as tmp:
+            for f in REQUIRED:
+                (tmp / f).write_bytes((din / f).read_bytes())
+            metrics = {k: run.metrics[k] for k in ("train", "valid", "test") if k in run.metrics}
+            (tmp / METRICS).write_text(json.dumps(json_safe({**metrics, "run": str(run.run_dir)}), indent=2) + "\n")
+    test = run.metrics.get("test") or {}
+    print(f"CRM (DIN) trained on {run.metrics['train']['samples']} samples: test AUC "
+          f"{test.get('auc', float('nan')):.4f} -> {out}", flush=True)
     return out

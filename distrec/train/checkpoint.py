@@ -32,6 +32,12 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0  # optimiser steps done in the current epoch
     best_metric: float | None = None
+    best_step: int | None = None  # the step whose validation gave ``best_metric``
+    stale_evals: int = 0  # validations since the last improvement (train.patience)
+    stopped_early: bool = False  # train.patience ran out: training is over
+
+    def finished(self, total_steps: int) -> bool:
+        return self.stopped_early or self.step >= total_steps
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -188,9 +188,12 @@ def length_grouped_order(order: np.ndarray, lengths: np.ndarray, per_step: int, 
 
 
 def padding_counts(micro_batches: list[dict]) -> tuple[int, int]:
-    """``(padded tokens, token slots)`` of left-padding each micro-batch's ``input_ids`` to its longest row."""
+    """``(padded tokens, token slots)`` of left-padding each micro-batch's ``input_ids`` to its
+    longest row; ``(0, 0)`` for rows without token ids (the DIN's)."""
     pad = slots = 0
     for mb in micro_batches:
+        if "input_ids" not in mb:
+            continue
         lengths = [len(s) for s in mb["input_ids"]]
         slots += max(lengths) * len(lengths)
         pad += max(lengths) * len(lengths) - sum(lengths)

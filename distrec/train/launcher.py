@@ -116,10 +116,13 @@ def run_name(job: JobConfig) -> str:
     return job.ray.run_name or f"{job.data.dataset}-{job.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = None) -> RunResult:
-    """Prepare data, train (or only evaluate) under Ray Train, write the report.
+def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = None,
+            prepared: Path | None = None) -> RunResult:
+    """Prepare data, train (or only evaluate) any ``model.kind`` under Ray Train, write the report.
+    This builds the only ``TorchTrainer`` in distrec.
 
-    ``run_dir``: for ``mode="eval"``, the run's distrec folder (local path or URI)."""
+    ``run_dir``: for ``mode="eval"``, the run's distrec folder (local path or URI).
+    ``prepared``: a prepared folder to read instead of the job's own (SUBR included)."""
     started = time.perf_counter()
     loopback_env(job.ray)
     from ray.train import (
@@ -143,16 +146,19 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     if mode == "eval":
         check_complete(run)
     name = run.parent.name
-    prepared = ensure_prepared(job)
+    llm = job.model.kind == "causal_lm"
+    given = prepared is not None
+    prepared = prepared if given else ensure_prepared(job)
     manifest = data_storage.verify(prepared)  # a truncated or edited shard fails here, named, not inside a Ray task
     if mode == "train":
         check_one_step(manifest, job, prepared)
-    tokenizer_dir(job.model)  # fetch/convert model files once, here, not in every worker
+    if llm:
+        tokenizer_dir(job.model)  # fetch/convert model files once, here, not in every worker
     init_ray(job.ray)
     check_gpus(job.ray)
-    if job.subr.enabled:
+    if job.subr.enabled and not given and (llm or job.crm.history == "retrieved"):
         prepared = ensure_retrieval(job, prepared)
-    crm = str(ensure_crm(job)) if job.needs_crm else None
+    crm = str(ensure_crm(job)) if llm and job.needs_crm else None
     (run / f"config_{mode}.yaml").write_text(yaml.safe_dump(to_dict(job), sort_keys=False))
 
     splits = ["train", "valid", "test"] if mode == "train" else ["test"]
@@ -185,7 +191,7 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
     metrics = json.loads(metrics_file.read_text())
     paths = {
         "predictions": str(run / "predictions_test.parquet"),
-        "adapter": str(run / "adapter"),
+        **({"adapter": str(run / "adapter")} if llm else {"din": str(run / "din")}),
         "checkpoints": str(storage / name),
         "prepared data": str(prepared),
         **({"crm": crm} if crm else {}),

@@ -1,8 +1,9 @@
-"""The training loop run by every Ray Train worker: one readable function, top to bottom.
+"""The training loop run by every Ray Train worker, for every model: one readable function, top to bottom.
 
-build model (ZeRO-3 partitioned) -> attach adapter -> DeepSpeed engine -> restore checkpoint
--> for each step: this rank's micro-batches, global loss-token count, backward, step -> log,
-validate, checkpoint -> select the best validation state -> export adapter -> test predictions.
+build (``train.builders``: the model of ``model.kind`` and its task) -> DeepSpeed engine ->
+restore checkpoint -> for each step: this rank's micro-batches, global loss normalisers,
+backward, step -> log, validate (early stop on ``train.patience``), checkpoint -> select the
+best validation state -> export (adapter, DIN folder) -> test predictions.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     import ray.train
 
-    from distrec.model.adapters import make_adapter
-    from distrec.model.backbone import build_model, load_tokenizer
-    from distrec.model.rellax import add_spa_tokens, assemble
+    from distrec.train.builders import build
     from distrec.train.monitor import Monitor
     from distrec.train.strategy import DeepSpeedStrategy
 
@@ -52,19 +51,11 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     run_dir = staging.local
     mode = loop_config.get("mode", "train")
     strategy = DeepSpeedStrategy(job.deepspeed, job.train, job.ray.use_gpu)
-    torch.manual_seed(job.train.seed)  # identical adapter initialisation on every rank
+    torch.manual_seed(job.train.seed)  # identical initialisation of the trained parameters on every rank
+    built = build(job, strategy, loop_config)
+    model, task = built.model, built.task
 
-    tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
-    with strategy.model_init_context():
-        llm = build_model(job.model)
-    backbone_config = llm.config
-    add_spa_tokens(job, tokenizer, llm)
-    adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
-    llm = adapter.attach(llm)
-    model, conditioning = assemble(job, llm, tokenizer, adapter, loop_config.get("crm_dir"), strategy.device)
-    task = make_task(job, tokenizer, strategy.device, conditioning)
-
-    # This rank's view of each split: the token shards, read a record batch at a time (train.row_source).
+    # This rank's view of each split: the row shards, read a record batch at a time (train.row_source).
     splits = {name: ShardRows(loop_config["token_files"][name]) for name in loop_config["splits"]}
     train_rows = splits.get("train")
     t = job.train
@@ -77,11 +68,11 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
                       upload=(lambda: staging.push("tensorboard")) if staging.remote else None,
                       upload_every_s=job.ray.upload_every_s)
     ctx = _Context(job, strategy, engine, task, monitor, run_dir)
-    if mode == "train":
+    if mode == "train" and built.flop_config is not None:
         from distrec.train.flops import StepFlopCounter, peak_flops
 
         try:
-            ctx.flops, ctx.peak = StepFlopCounter(backbone_config, job), peak_flops(strategy.device)
+            ctx.flops, ctx.peak = StepFlopCounter(built.flop_config, job), peak_flops(strategy.device)
         except (AttributeError, ValueError) as exc:  # not a Llama-style decoder: no MFU, training goes on
             monitor.text("events/mfu", 0, f"no FLOP count for this backbone: {exc}")
 
@@ -102,22 +93,22 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
                 f"train split has {n_rows(train_rows)} rows: fewer than one step of "
                 f"{strategy.world_size} ranks x {t.micro_batch_size} x {t.grad_accum}"
             )
-        if strategy.is_rank0 and state.step == 0:
-            _log_prompt_samples(ctx, tokenizer, train_rows)
+        if strategy.is_rank0 and state.step == 0 and built.log_samples is not None:
+            built.log_samples(monitor, train_rows)
         best = _train(ctx, state, train_rows, splits.get("valid"), per_epoch, total_steps, best)
-        if state.step < total_steps:  # paused by train.stop_at_step
+        if not state.finished(total_steps):  # paused by train.stop_at_step
             monitor.close()
             return
         if best is not None:
             _assign(strategy, model, best)
         save_selected(best if best is not None else _snapshot(ctx), run_dir, strategy.is_rank0)
-        adapter.export(llm, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
-        if hasattr(model, "export_projector"):
-            model.export_projector(run_dir / "spa", strategy.gathered, strategy.is_rank0)
+        built.export(run_dir)
     results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
-    if job.data.task == "generative" and job.eval.generate and "test" in splits:
-        test_rows = take(splits["test"], np.arange(n_rows(splits["test"])))  # generation holds its split
-        results["test"].update(_grounded_test_metrics(ctx, tokenizer, test_rows, Path(loop_config["prepared_dir"])))
+    if "test" in splits and built.test_extras is not None:
+        results["test"].update(built.test_extras(ctx, splits["test"], Path(loop_config["prepared_dir"])))
+    if mode == "train":
+        results["train"] = {"steps": state.step, "best_step": state.best_step, "stopped_early": int(state.stopped_early),
+                            "samples": n_rows(train_rows)}
     if strategy.is_rank0:
         from distrec.eval.environment import run_environment
 
@@ -143,17 +134,6 @@ class _Context:
         self.hooks = faults.Hooks(job.debug, run_dir, strategy.rank, strategy.world_size)
 
 
-def make_task(job: JobConfig, tokenizer, device: torch.device, conditioning=None):
-    """The task object (``objectives.tasks``) for ``job.data.task``; ``conditioning``: CRM inputs (ReLLaX)."""
-    from distrec.data.tokenize import ctr_label_ids
-    from distrec.objectives.tasks import Batchify, CtrTask, GenerativeTask
-
-    batchify = Batchify(tokenizer.pad_token_id, device)
-    if job.data.task == "ctr":
-        return CtrTask(*ctr_label_ids(tokenizer, job.prompt), batchify, conditioning)
-    return GenerativeTask(job.cft, batchify)
-
-
 def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, total_steps: int, best_state=None):
     """Run optimiser steps until ``total_steps``; returns the best validation adapter state or None.
 
@@ -164,7 +144,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
     ctx.engine.train()
     saved_step = state.step  # the checkpoint this attempt resumed from (0: none)
     lengths = rows.lengths("input_ids") if t.group_by_length else None
-    while state.step < total_steps:
+    while not state.finished(total_steps):
         stream = train_micro_batches(
             rows, strategy.rank, strategy.world_size, t.micro_batch_size, t.grad_accum,
             t.seed, state.epoch, state.step_in_epoch, lengths=lengths, group_steps=t.group_steps,
@@ -186,7 +166,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     strategy.step()
                 for k, v in mb_stats.items():
                     stats[k] = stats.get(k, 0.0) + v
-                tokens += int(sum(len(s) for s in mb["input_ids"]))
+                tokens += int(sum(len(s) for s in mb["input_ids"])) if "input_ids" in mb else 0
                 flops += ctx.flops.micro_batch(mb) if ctx.flops else 0.0
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
@@ -205,10 +185,10 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     "train/lr": strategy.lr(),
                     "train/grad_norm": strategy.grad_norm(),
                     "train/epoch": state.epoch + state.step_in_epoch / per_epoch,
-                    "throughput/tokens_per_s": global_tokens / elapsed,
+                    **({"throughput/tokens_per_s": global_tokens / elapsed} if global_tokens else {}),
                     "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
-                    "data/padding_fraction": global_padding,
+                    **({"data/padding_fraction": global_padding} if global_tokens else {}),
                     **({"throughput/model_tflops_per_s": global_flops / elapsed / 1e12} if ctx.flops else {}),
                     **({"throughput/mfu": global_flops / elapsed / (ctx.peak * strategy.world_size)}
                        if ctx.flops and ctx.peak else {}),
@@ -216,7 +196,6 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     **{f"memory/{k}": v for k, v in _peak_memory().items()},
                 })
             last = state.step >= total_steps
-            paused = t.stop_at_step is not None and state.step == t.stop_at_step and not last
             if valid_rows is not None and (state.step % eval_every == 0 or last):
                 metrics = _evaluate(ctx, valid_rows, "valid", write=False, step=state.step)
                 ctx.engine.train()
@@ -224,8 +203,17 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                 score = metrics.get(name, float("nan"))
                 sign = 1.0 if higher_is_better else -1.0
                 if not math.isnan(score) and (state.best_metric is None or sign * score > sign * state.best_metric):
-                    state.best_metric = score
+                    state.best_metric, state.best_step, state.stale_evals = score, state.step, 0
                     best_state = _snapshot(ctx)
+                else:
+                    state.stale_evals += 1
+                if t.patience is not None and state.stale_evals >= t.patience and not last:
+                    state.stopped_early = True  # identical on every rank: the metrics are
+                    ctx.monitor.text("events/early_stop", state.step,
+                                     f"stopped at step {state.step}: {state.stale_evals} validations without a "
+                                     f"better {name} than {state.best_metric} (step {state.best_step})")
+                    last = True
+            paused = t.stop_at_step is not None and state.step == t.stop_at_step and not last
             if state.step % ckpt_every == 0 or last or paused:
                 ctx.monitor.sync()  # events up to this step reach storage before the checkpoint counts
                 upload = ctx.hooks.checkpoint_upload(state.step, saved_step)
@@ -282,36 +270,6 @@ def _write_predictions(path: Path, columns: dict[str, np.ndarray] | Any) -> None
     write_parquet_file(columns if isinstance(columns, pa.Table) else pa.table(columns), path)
 
 
-def _grounded_test_metrics(ctx: _Context, tokenizer, rows, prepared_dir: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    from distrec.data.prompts import Catalog
-    from distrec.eval.generation import grounded_metrics
-
-    e = ctx.job.eval
-    titles = Catalog.for_dataset(ctx.job.data.dataset, pq.read_table(prepared_dir / "items.parquet")).titles
-    module = ctx.engine.module
-    gathered = ctx.strategy.gathered(module.parameters()) if e.gather_for_generation else contextlib.nullcontext()
-    with gathered:
-        metrics, examples, ranks, top = grounded_metrics(module, tokenizer, ctx.strategy, rows, dict(titles),
-                                                    num_beams=e.num_beams, max_new_tokens=e.max_new_tokens,
-                                                    min_new_tokens=e.min_new_tokens, batch_size=e.batch_size,
-                                                    mode=e.grounding, ks=e.ks,
-                                                    merge_duplicate_titles=e.merge_duplicate_titles)
-    ctx.monitor.scalars(0, {f"eval/test_{k}": v for k, v in metrics.items()})
-    for i, example in enumerate(examples):
-        ctx.monitor.text("samples/generation", i, example)
-    if ctx.strategy.is_rank0:
-        from distrec.eval.compare import ranking_predictions
-        from distrec.eval.intervals import ranking_intervals
-
-        _write_predictions(ctx.run_dir / "predictions_test.parquet",
-                           ranking_predictions(rows["sample_id"], rows["user_id"], rows["item_id"], ranks, e.ks,
-                                               top_item_ids=top))
-        metrics.update(ranking_intervals(ranks, rows["user_id"], e.ks))
-    return metrics
-
-
 def _snapshot(ctx: _Context) -> dict[str, torch.Tensor]:
     """Copy of the trainable (adapter) parameters, gathered whole on every rank."""
     params = {n: p for n, p in ctx.engine.module.named_parameters() if p.requires_grad}
@@ -339,15 +297,6 @@ def _peak_memory() -> dict[str, float]:
     from distrec.train.monitor import peak_memory_bytes
 
     return {f"{k}_gib": v / 2**30 for k, v in peak_memory_bytes().items()}
-
-
-def _log_prompt_samples(ctx: _Context, tokenizer, rows) -> None:
-    n = min(ctx.job.train.prompt_samples_to_log, n_rows(rows))
-    rows = take(rows, np.arange(n))
-    for i in range(n):
-        text = tokenizer.decode(rows["input_ids"][i])
-        header = f"label={int(rows['label'][i])}" if "label" in rows else f"sample_id={int(rows['sample_id'][i])}"
-        ctx.monitor.text("samples/prompt", i, f"{header}\n\n{text}")
 
 
 def _hparams(job: JobConfig) -> dict[str, Any]:

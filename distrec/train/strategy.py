@@ -61,12 +61,15 @@ def build_ds_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: int) ->
     return config
 
 
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int):
-    """LR multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int, decay: bool = True):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``
+    (``decay=False``: constant after the warm-up)."""
 
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
+        if not decay:
+            return 1.0
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -141,7 +144,7 @@ class DeepSpeedStrategy:
             optimizer = FusedAdam(params, lr=t.lr, weight_decay=t.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        scheduler = linear_warmup_decay(optimizer, t.warmup_steps, total_steps)
+        scheduler = linear_warmup_decay(optimizer, t.warmup_steps, total_steps, decay=t.lr_schedule == "linear")
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
         )

@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -82,27 +82,33 @@ def _arrow(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns)
 
 
-def _write_split(ds, folder: Path) -> dict[str, Any]:
-    """One split as Arrow IPC files of ``ROWS_PER_FILE`` rows in record batches of ``BATCH_ROWS``."""
+def write_split(batches: Iterable[dict[str, np.ndarray]], folder: Path) -> dict[str, Any]:
+    """One split's numpy batches (any sizes) as Arrow IPC files of ``ROWS_PER_FILE`` rows, each
+    cut into record batches of exactly ``BATCH_ROWS`` rows but its last (the layout
+    :class:`~distrec.train.row_source.ShardRows` relies on); returns ``{"rows", "files"}``."""
     folder.mkdir(parents=True)
-    files, rows, writer, sink, written, schema = [], 0, None, None, 0, None
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=4096):
+    files: list[str] = []
+    pending: list[pa.Table] = []
+    state = {"rows": 0, "pending": 0, "schema": None}
+
+    def write_file(table: pa.Table) -> None:
+        files.append(f"part-{len(files):05d}.arrow")
+        with pa.OSFile(str(folder / files[-1]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=BATCH_ROWS)
+
+    for batch in batches:
         table = _arrow(batch)
-        schema = schema or table.schema
-        if writer is None or written >= ROWS_PER_FILE:
-            if writer is not None:
-                writer.close()
-                sink.close()
-            files.append(f"part-{len(files):05d}.arrow")
-            sink = pa.OSFile(str(folder / files[-1]), "wb")
-            writer, written = ipc.new_file(sink, schema), 0
-        writer.write_table(table.cast(schema), max_chunksize=BATCH_ROWS)
-        written += table.num_rows
-        rows += table.num_rows
-    if writer is not None:
-        writer.close()
-        sink.close()
-    return {"rows": rows, "files": files}
+        state["schema"] = state["schema"] or table.schema
+        pending.append(table.cast(state["schema"]))
+        state["pending"] += table.num_rows
+        state["rows"] += table.num_rows
+        while state["pending"] >= ROWS_PER_FILE:
+            merged = pa.concat_tables(pending)
+            write_file(merged.slice(0, ROWS_PER_FILE).combine_chunks())
+            pending, state["pending"] = [merged.slice(ROWS_PER_FILE)], merged.num_rows - ROWS_PER_FILE
+    if state["pending"]:
+        write_file(pa.concat_tables(pending).combine_chunks())
+    return {"rows": state["rows"], "files": files}
 
 
 def ensure_tokens(job: JobConfig, prepared: Path) -> tuple[Path, bool]:
@@ -123,7 +129,8 @@ def ensure_tokens(job: JobConfig, prepared: Path) -> tuple[Path, bool]:
     def build(tmp: Path) -> None:
         started = time.perf_counter()
         datasets = tokenized_splits(job, prepared, splits)
-        entries = {name: _write_split(datasets[name], tmp / name) for name in splits}
+        entries = {name: write_split(datasets[name].iter_batches(batch_format="numpy", batch_size=4096), tmp / name)
+                   for name in splits}
         info = {"key": key, "prepared": str(prepared), "splits": entries,
                 "tokenize_s": round(time.perf_counter() - started, 3)}
         atomic.write_json(tmp / MANIFEST, info)
@@ -134,9 +141,15 @@ def ensure_tokens(job: JobConfig, prepared: Path) -> tuple[Path, bool]:
 
 
 def split_files(job: JobConfig, prepared: Path, splits: list[str]) -> dict[str, list[str]]:
-    """The token shards of each split, in row order (building the cache first on a miss); every
+    """The row shards of each split, in row order: token shards for a causal LM, DIN rows
+    (:mod:`distrec.train.crm_rows`) for ``model.kind: din``, built first on a miss. Every
     worker reads its own rows from them (:class:`~distrec.train.row_source.ShardRows`), so the
     cache folder must be on storage every node mounts, as the prepared folders are."""
-    folder, _ = ensure_tokens(job, prepared)
+    if job.model.kind == "din":
+        from distrec.train.crm_rows import ensure_crm_rows
+
+        folder = ensure_crm_rows(job, prepared)
+    else:
+        folder, _ = ensure_tokens(job, prepared)
     entries = json.loads((folder / MANIFEST).read_text())["splits"]
     return {s: [str(folder / s / f) for f in entries[s]["files"]] for s in splits}

@@ -61,7 +61,10 @@ def din_run(config: str, overrides: list[str], seed: int | None) -> tuple[Path, 
     from distrec.data.storage import write_parquet_file
     from distrec.metrics.ctr_metrics import ctr_metrics
     from distrec.eval.intervals import ctr_intervals
-    from distrec.model.crm.train_din import _tensors, load_din, predict
+    import torch
+
+    from distrec.model.crm.artefact import load_din
+    from distrec.model.crm.history import history_matrix
     from distrec.train.artefacts import ensure_crm, ensure_prepared
 
     from table_runs import seed_overrides
@@ -78,7 +81,10 @@ def din_run(config: str, overrides: list[str], seed: int | None) -> tuple[Path, 
         return folder, json.loads(metrics_file.read_text()), seconds
     model = load_din(crm)
     table = storage.open_split(Path(prepared), "test")
-    probs = predict(model, _tensors(table, model.config), model.config.eval_batch_size).astype("float32")
+    ids, mask = history_matrix(table, model.config.hist_len, model.config.history)
+    with torch.no_grad():
+        logit, _ = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(table.column("item_id").to_numpy()))
+    probs = torch.sigmoid(logit).numpy().astype("float32")
     columns = {"sample_id": table.column("sample_id").to_numpy(), "user_id": table.column("user_id").to_numpy(),
                "label": table.column("label").to_numpy().astype("int8"), "p_yes": probs}
     write_parquet_file(pa.table(columns), folder / "predictions_test.parquet")

@@ -1,6 +1,6 @@
 """Conventional recommenders (CRMs) used by ReLLaX: DIN (its ID embeddings feed SPA, its
-final-MLP hidden output feeds CFLoRA). Training and loading live in ``crm.train_din``, kept
-out of this package's import so the config (which needs ``DinConfig``) stays light."""
+final-MLP hidden output feeds CFLoRA). Its folder format is ``crm.artefact``; it is trained by
+the one training loop (``model.kind: din``, :func:`distrec.train.artefacts.ensure_crm`)."""
 
 from distrec.config.din import DinConfig
 from distrec.model.crm.din import DIN

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distrec.model.crm.train_din import history_matrix, load_din
+from distrec.model.crm.artefact import load_din
+from distrec.model.crm.history import history_matrix
 
 
 def _list_column(values) -> pa.Array:
