@@ -219,9 +219,9 @@ def test_eimf_evaluation_saves_rows_that_reproduce_its_metrics(tmp_path):
     import torch
     from eimf_toy import toy_items, toy_samples
 
-    from distrec.interests.config import BackboneConfig, EimfConfig, EimfEvalConfig
+    from distrec.config.eimf import BackboneConfig, EimfConfig, EimfEvalConfig
     from distrec.interests.evaluate import evaluate_retrieval
-    from distrec.interests.train import build_model
+    from distrec.model.interests.eimf import build_model
 
     items, samples = toy_items(48), toy_samples(20, 48)
     cfg = EimfConfig(backbone=BackboneConfig(kind="sa", num_interests=4, dim=16, max_len=10))

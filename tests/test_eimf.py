@@ -11,14 +11,14 @@ import pytest
 from eimf_toy import toy_items, toy_samples
 import torch
 
-from distrec.interests.backbones import (
+from distrec.model.interests.backbones import (
     ComiRecDR,
     ComiRecSA,
     ItemIndex,
     build_backbone,
     squash,
 )
-from distrec.interests.config import (
+from distrec.config.eimf import (
     BackboneConfig,
     EimfConfig,
     EimfEvalConfig,
@@ -34,7 +34,7 @@ from distrec.interests.evaluate import (
     merged_topn,
     retrieval_metrics,
 )
-from distrec.interests.losses import (
+from distrec.model.interests.losses import (
     NegativeSampler,
     Pairs,
     alignment_loss,
@@ -42,7 +42,7 @@ from distrec.interests.losses import (
     match_interests,
     sampled_softmax_loss,
 )
-from distrec.interests.train import (
+from distrec.model.interests.eimf import (
     EimfModel,
     SemanticBank,
     build_model,
@@ -50,8 +50,8 @@ from distrec.interests.train import (
     make_batch,
     make_labels,
     step,
-    train_eimf,
 )
+from eimf_oracle import train_eimf
 from distrec.interests.typical_users import (
     latest_sequences,
     select_from_model,

@@ -1,8 +1,9 @@
-"""EIMF under Ray Train (real local Ray, DDP over gloo) and the ``eimf`` command line.
+"""EIMF in the one training loop (real local Ray, DeepSpeed ZeRO stage 0 over gloo) and the
+``eimf`` command line.
 
-Truths used: the single-process :func:`train_eimf` (tested in test_eimf.py) on the same
-order, and DDP's gradient average (W ranks on G/W rows each = one rank on G rows when every
-rank draws the same negatives and the ESIM losses are off).
+Truths used: the independent single-process trainer ``tests/eimf_oracle.py`` on the same
+order, and data parallelism's gradient average (W ranks on G/W rows each = one rank on G rows
+when every rank draws the same negatives and the ESIM losses are off).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from distrec.config import RayConfig
 from distrec.errors import ConfigError, DataError
 from distrec.interests.cli import eimf_app
-from distrec.interests.config import (
+from distrec.config.eimf import (
     BackboneConfig,
     EimfConfig,
     EimfEvalConfig,
@@ -30,8 +31,8 @@ from distrec.interests.config import (
     RecLossConfig,
 )
 from distrec.interests.evaluate import evaluate_retrieval
-from distrec.interests.ray_train import CONFIG, WEIGHTS, load_eimf, train_eimf_ray
-from distrec.interests.train import train_eimf
+from distrec.model.interests.artefact import CONFIG, WEIGHTS, load_eimf
+from eimf_oracle import train_eimf
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_thread")]
@@ -73,6 +74,53 @@ def cfg_of(lam: float = 0.0, epochs: int = 2, batch: int = G) -> EimfConfig:
     )
 
 
+def train_ray(samples, items, cfg, labels, *, workers: int, storage: Path, name: str, ray_storage: str | None = None,
+              **train):
+    """``(model, metrics, artefact folder)`` of one run of the loop on ``samples`` (all in the
+    train split; valid and test are 16-row slices; inputs written under ``storage``, the run to
+    ``ray_storage`` or ``storage``). ``metrics``: the run's ``train`` entry plus ``world_size``
+    and ``history`` (per step: the logged loss parts)."""
+    import dataclasses
+
+    from distrec.data.storage import write_prepared
+    from distrec.eval.tensorboard import read_scalars
+    from distrec.interests.pipeline import EimfJobConfig, eimf_job
+    from distrec.train.launcher import run_job
+
+    prepared = storage / f"{name}-prepared"
+    if not prepared.exists():
+        write_prepared(prepared, {"train": samples, "valid": samples.slice(0, 16), "test": samples.slice(16, 16)},
+                       items=items, users=pa.table({"user_id": pa.array(range(N_USERS), pa.int64())}),
+                       meta={"dataset": "toy", "task": "generative"}, num_shards=1)
+    labels_path = None
+    if labels is not None:
+        labels_path = storage / f"{name}-labels.parquet"
+        import pyarrow.parquet as pq
+
+        pq.write_table(labels, labels_path)
+    ejob = EimfJobConfig(ray=RayConfig(num_workers=workers, storage_path=ray_storage or str(storage), run_name=name),
+                         eimf=cfg)
+    job = eimf_job(ejob, labels_path, "stage")
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, **train))
+    run = run_job(job, prepared=prepared)
+    if ray_storage is not None:
+        from distrec.storage_uri import local_copy, locate
+
+        with local_copy(locate(str(run.run_dir)) / "eimf" / WEIGHTS) as weights:
+            return load_file(str(weights)), run.metrics, str(run.run_dir)
+    scalars = read_scalars(Path(run.run_dir) / "tensorboard")
+    steps = [s for s, _ in scalars["train/loss"]]
+    per_epoch = samples.num_rows // cfg.train.batch_size
+    history = [{"step": st, "epoch": (st - 1) // per_epoch, **{k: dict(scalars[f"train/{k}"])[st] for k in ("loss", "loss_rec", "loss_pred", "loss_align",
+                                                                              "n_typical")}} for st in steps]
+    from distrec.model.interests.eimf import SemanticBank
+
+    typical = SemanticBank(labels).typical(samples.column("user_id").to_numpy()).mean() if labels is not None else 0.0
+    means = {k: float(np.mean([h[k] for h in history])) for k in ("loss", "loss_rec", "loss_pred", "loss_align")}
+    metrics = {**run.metrics["train"], **means, "world_size": workers, "history": history, "typical_fraction": typical}
+    return load_eimf(Path(run.run_dir) / "eimf")[0], metrics, Path(run.run_dir) / "eimf"
+
+
 @pytest.fixture(scope="module")
 def runs(ray_local, tmp_path_factory):
     """Each Ray run once per module: ``runs(name)`` -> (model, metrics, out_dir)."""
@@ -82,12 +130,8 @@ def runs(ray_local, tmp_path_factory):
     def get(name: str, samples, items, labels):
         if name not in cache:
             workers, lam, with_labels = {"w2": (2, 0.0, False), "w2_zero": (2, 0.0, True), "w1_esim": (1, LAM, True)}[name]
-            out = storage / f"{name}-artefact"
-            model, metrics = train_eimf_ray(
-                samples, items, cfg_of(lam), labels if with_labels else None,
-                ray_cfg=RayConfig(num_workers=workers, storage_path=str(storage)), out_dir=out, name=name,
-            )
-            cache[name] = (model, metrics, out)
+            cache[name] = train_ray(samples, items, cfg_of(lam), labels if with_labels else None, workers=workers,
+                                    storage=storage, name=name)
         return cache[name]
 
     return get
@@ -111,9 +155,9 @@ def states_close(a: torch.nn.Module, b: torch.nn.Module, atol: float) -> bool:
 
 
 def interests_of(model, samples, items) -> np.ndarray:
-    from distrec.interests.backbones import ItemIndex
+    from distrec.model.interests.backbones import ItemIndex
     from distrec.interests.evaluate import user_interests
-    from distrec.interests.train import encode_samples
+    from distrec.model.interests.eimf import encode_samples
 
     data = encode_samples(samples, ItemIndex.from_items(items), model.backbone.cfg.max_len)
     return user_interests(model, data.hist, data.mask)
@@ -175,11 +219,11 @@ def test_serving_identical_without_esim_artefacts(runs, samples, items, labels, 
         assert np.array_equal(got["topn_scores"], full["topn_scores"])
 
 
-def test_batching_errors_name_the_key(samples, items, tmp_path):
+def test_batching_errors_name_the_key(samples, items, tmp_path, ray_local):
     with pytest.raises(ConfigError, match="eimf.train.batch_size=33 must be divisible by ray.num_workers=2"):
-        train_eimf_ray(samples, items, cfg_of(batch=33), ray_cfg=RayConfig(num_workers=2, storage_path=str(tmp_path)))
-    with pytest.raises(DataError, match="fewer than one global batch"):
-        train_eimf_ray(samples.slice(0, 10), items, cfg_of(), ray_cfg=RayConfig(num_workers=2, storage_path=str(tmp_path)))
+        train_ray(samples, items, cfg_of(batch=33), None, workers=2, storage=tmp_path, name="odd")
+    with pytest.raises(DataError, match=r"train split has 10 rows, fewer than one optimiser step of 32"):
+        train_ray(samples.slice(0, 10), items, cfg_of(), None, workers=2, storage=tmp_path, name="short")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -257,7 +301,7 @@ def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tm
     import yaml
 
     from distrec.data.storage import open_split, open_table
-    from distrec.interests.config import SelectionConfig
+    from distrec.config.eimf import SelectionConfig
     from distrec.interests.typical_users import select_from_model
 
     job = {"data": {"task": "generative", "prepared_dir": prepared.prepared_dir},

@@ -116,9 +116,9 @@ def test_variant_nan_hidden_states_stop_grounded_ranking_naming_the_split_and_it
 def test_variant_nan_item_embedding_stops_eimf_retrieval_naming_the_item():
     from eimf_toy import toy_items, toy_samples
 
-    from distrec.interests.config import BackboneConfig, EimfConfig, EimfEvalConfig
+    from distrec.config.eimf import BackboneConfig, EimfConfig, EimfEvalConfig
     from distrec.interests.evaluate import evaluate_retrieval
-    from distrec.interests.train import build_model
+    from distrec.model.interests.eimf import build_model
 
     items, samples = toy_items(12), toy_samples(4, 12)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distrec.interests.config import LabelConfig
+from distrec.config.eimf import LabelConfig
 from distrec.interests.labelling import (
     LABELS_SCHEMA,
     build_prompts,
@@ -236,7 +236,7 @@ def test_stage_with_injected_llm(ray_local, samples, items, selection, tmp_path)
         np.testing.assert_allclose(np.asarray(r["interest_vectors"]), hashing_encoder(r["interests"]))
         assert r["model"] == "custom:fake_generate"
     # the table feeds EIMF training directly
-    from distrec.interests.train import SemanticBank
+    from distrec.model.interests.eimf import SemanticBank
 
     bank = SemanticBank(table)
     assert bank.vectors.shape == (len(rows), 2, 8) and bank.typical(np.array(comedy)).sum() == 0

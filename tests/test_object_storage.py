@@ -111,23 +111,20 @@ def test_s3_storage_survives_a_killed_driver_and_holds_every_output(s3_storage, 
 
 
 def test_eimf_checkpoints_go_to_the_bucket_and_train_as_on_local_disk(s3_storage, ray_local, tmp_path, monkeypatch):
-    """``distrec eimf train`` (train_eimf_ray) with ``ray.storage_path: s3://...``: the per-epoch
-    checkpoints are in the bucket, and the model loaded back from there equals a local-disk run's."""
+    """EIMF in the loop with ``ray.storage_path: s3://...``: the per-epoch checkpoints and the
+    exported stage are in the bucket, and its weights equal a local-disk run's."""
     from eimf_toy import toy_items, toy_samples
-    from test_eimf_ray import cfg_of
-
-    from distrec.config import RayConfig
-    from distrec.interests.ray_train import WEIGHTS, train_eimf_ray
+    from safetensors.torch import load_file
+    from test_eimf_ray import cfg_of, train_ray
 
     monkeypatch.chdir(tmp_path)
     items, samples = toy_items(48), toy_samples(32, 48)
-    local, _ = train_eimf_ray(samples, items, cfg_of(epochs=1), ray_cfg=RayConfig(num_workers=1, storage_path=str(tmp_path)),
-                              name="eimf-local")
-    remote, metrics = train_eimf_ray(samples, items, cfg_of(epochs=1), ray_cfg=RayConfig(num_workers=1, storage_path=s3_storage),
-                                     name="eimf-s3")
-    checkpoint = metrics["checkpoint"]
-    assert checkpoint.startswith(f"{BUCKET}/{PREFIX}/eimf-s3/checkpoint_"), checkpoint
-    assert f"{checkpoint.removeprefix(BUCKET + '/')}/{WEIGHTS}" in keys(BUCKET, f"{PREFIX}/eimf-s3/")
-    a, b = local.state_dict(), remote.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, _, local = train_ray(samples, items, cfg_of(epochs=1), None, workers=1, storage=tmp_path, name="eimf-local")
+    remote, _, run_dir = train_ray(samples, items, cfg_of(epochs=1), None, workers=1, storage=tmp_path,
+                                   name="eimf-s3", ray_storage=s3_storage)
+    stored = keys(BUCKET, f"{PREFIX}/eimf-s3-stage/")
+    assert any("/checkpoint_" in k and k.endswith("state.json") for k in stored), stored
+    assert f"{PREFIX}/eimf-s3-stage/distrec/eimf/model.safetensors" in stored
+    a = load_file(str(local / "model.safetensors"))
+    assert a.keys() == remote.keys() and all(torch.equal(a[k], remote[k]) for k in a)
     assert not list(tmp_path.glob("s3*"))

@@ -25,7 +25,7 @@ import torch
 
 from distrec.config import DataConfig, RayConfig
 from distrec.errors import DataError
-from distrec.interests.config import (
+from distrec.config.eimf import (
     BackboneConfig,
     EimfConfig,
     EimfEvalConfig,
@@ -166,7 +166,7 @@ def _history_from_log(log: pa.Table, user: int, t: int | None) -> list[int]:
 
 def test_top_n_equals_brute_force_max_over_interests(toy_run):
     from distrec.data.storage import open_table
-    from distrec.interests.ray_train import load_eimf
+    from distrec.model.interests.artefact import load_eimf
 
     run, prepared = toy_run
     log = open_table(prepared, "interactions")

@@ -107,7 +107,7 @@ def din_folder(tmp_path_factory):
     from distrec.model.crm.artefact import save_din
 
     torch.manual_seed(0)
-    cfg = DinConfig(embed_dim=8, hist_len=4, attn_hidden=8, hidden_size=16, mlp_layers=2, dropout=0.0, device="cpu")
+    cfg = DinConfig(embed_dim=8, hist_len=4, attn_hidden=8, hidden_size=16, mlp_layers=2, dropout=0.0)
     return save_din(DIN(np.arange(1, 60), cfg), tmp_path_factory.mktemp("din") / "din")
 
 

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from distrec import config_loader
 from distrec.errors import ConfigError
 from distrec.config.din import DinConfig
+from distrec.config.eimf import EimfConfig
 from distrec.config.subr import SubrConfig
 
 
@@ -84,14 +85,15 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    """What the job trains: a causal LM (``kind: causal_lm``, the default) or the DIN CRM
-    (``kind: din``; its settings are the ``crm`` section, its data the job's CTR samples).
+    """What the job trains: a causal LM (``kind: causal_lm``, the default), the DIN CRM
+    (``kind: din``; its settings are the ``crm`` section, its data the job's CTR samples) or
+    EIMF's multi-interest recommender (``kind: eimf``; the ``eimf`` section, generative samples).
 
     ``name_or_path``: an HF model id, a local folder, ``smollm2-135m`` (the offline GGUF,
     converted once and cached), or ``tiny`` (a random Llama built from ``tiny``'s kwargs).
     """
 
-    kind: Literal["causal_lm", "din"] = "causal_lm"
+    kind: Literal["causal_lm", "din", "eimf"] = "causal_lm"
     name_or_path: str = "smollm2-135m"
     gguf_file: Optional[str] = None
     trust_remote_code: bool = False
@@ -298,6 +300,7 @@ class JobConfig:
     crm: CrmConfig = field(default_factory=CrmConfig)
     spa: SpaConfig = field(default_factory=SpaConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    eimf: EimfConfig = field(default_factory=EimfConfig)  # read when model.kind is eimf
 
     def __post_init__(self) -> None:
         if (self.spa.enabled or self.subr.enabled or self.needs_crm) and self.data.task != "ctr":
@@ -305,6 +308,8 @@ class JobConfig:
                              "other CFLoRA modes work with either task")
         if self.model.kind == "din" and self.data.task != "ctr":
             raise ValueError("model.kind=din trains on CTR samples: set data.task=ctr")
+        if self.model.kind == "eimf" and self.data.task != "generative":
+            raise ValueError("model.kind=eimf trains on next-item samples: set data.task=generative")
         if self.crm.history == "retrieved" and not self.subr.enabled:
             raise ValueError("crm.history=retrieved reads SUBR's history_indices: set subr.enabled=true")
 

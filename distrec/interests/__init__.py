@@ -2,7 +2,7 @@
 training and full-catalogue retrieval evaluation (methods.md §2, §4 "EIMF").
 
 No public code of EIMF exists and the paper's body was unreachable, so only the structure is
-the paper's; every concrete choice is a switch in :mod:`distrec.interests.config`.
+the paper's; every concrete choice is a switch in :mod:`distrec.config.eimf`.
 [P] = stated by the paper's abstracts; [C] = ComiRec's public code (the usual IBIM backbone);
 [I] = a distrec placeholder (methods.md §2.4), to be replaced once the paper is read.
 
@@ -37,6 +37,6 @@ Aux losses only on typical users           [I]   ``train.SemanticBank`` (mask)
 Optimiser Adam 1e-3, batch 128             [C]   ``train.lr``, ``train.batch_size``
 =========================================  ====  =====================================================
 
-Import the modules themselves (``distrec.interests.train``, ``.labelling``, ...): Ray workers
+Import the modules themselves (``distrec.model.interests.eimf``, ``.labelling``, ...): Ray workers
 that only label do not import the torch models.
 """

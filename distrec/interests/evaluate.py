@@ -28,8 +28,8 @@ from distrec.eval.compare import ranking_predictions
 from distrec.metrics.finite import require_finite
 from distrec.eval.intervals import ranking_intervals
 from distrec.metrics.ranking_metrics import rank_metrics, recall_at_k
-from distrec.interests.backbones import ItemIndex
-from distrec.interests.config import EimfEvalConfig
+from distrec.model.interests.backbones import ItemIndex
+from distrec.config.eimf import EimfEvalConfig
 
 
 HIT_NAMES = ("recall", "hr")
@@ -168,7 +168,7 @@ def evaluate_retrieval(
 ) -> dict:
     """Recall/NDCG/HR@K over the full catalogue for every sample of ``samples_table``.
 
-    ``model``: an :class:`~distrec.interests.train.EimfModel`, its backbone, or a DDP wrapper;
+    ``model``: an :class:`~distrec.model.interests.eimf.EimfModel`, its backbone, or a DDP wrapper;
     only the backbone is used. Returns the metrics, ``n``, ``ci`` (``[low, high]`` per metric)
     and ``bootstrap`` (how the intervals were drawn, :func:`distrec.eval.intervals.ranking_intervals`);
     with ``return_topn`` also ``topn_item_ids`` [S, max K] and ``topn_scores``; with
@@ -178,7 +178,7 @@ def evaluate_retrieval(
     Raises:
         DataError: ``return_rows`` and the samples have no ``sample_id`` column.
     """
-    from distrec.interests.train import encode_samples
+    from distrec.model.interests.eimf import encode_samples
 
     cfg = cfg or EimfEvalConfig()
     index = items if isinstance(items, ItemIndex) else ItemIndex.from_items(items)

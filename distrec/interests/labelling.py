@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from distrec.data.ray_data import quiet_ray_data
-from distrec.interests.config import LabelConfig
+from distrec.config.eimf import LabelConfig
 
 #: The stored labels table.
 LABELS_SCHEMA = pa.schema(

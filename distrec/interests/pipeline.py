@@ -3,7 +3,7 @@
 Stages of :func:`run_experiment` (each writes under ``out_dir``):
 
 1. prepare the generative samples (:func:`distrec.data.prepare.prepare`, cached);
-2. train the backbone alone under Ray Train -> ``ibim/`` (artefact, test metrics);
+2. train the backbone alone with the training loop (Ray Train) -> ``ibim/`` (artefact, test metrics);
 3. select typical users with faiss k-means on its interests -> ``typical_users.parquet``;
 4. label them with the LLM (Ray Data actor pool) and embed the phrases with the text encoder
    -> ``labels.parquet``;
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from distrec import atomic, config_loader
 from distrec.config import DataConfig, RayConfig
 from distrec.errors import ConfigError, DataError
-from distrec.interests.config import EimfConfig
+from distrec.config.eimf import EimfConfig
 
 
 @dataclass
@@ -77,24 +77,61 @@ def _run_name(job: EimfJobConfig, stage: str) -> str:
     return f"{base}-{stage}"
 
 
-def train_stage(job: EimfJobConfig, data: EimfData, labels: pa.Table | None, stage: str):
-    """Ray Train run + test evaluation; ``(model, report)`` with the artefact in ``out_dir/stage``."""
+def eimf_job(job: EimfJobConfig, labels: Path | None, stage: str):
+    """The :class:`~distrec.config.JobConfig` that trains one EIMF stage in the one loop:
+    ``model.kind: eimf``, ``eimf.train.batch_size`` as the global batch split over
+    ``ray.num_workers`` ranks (ConfigError when it does not divide), AdamW at a constant
+    ``eimf.train.lr``, plain data parallel (ZeRO stage 0, fp32, no clipping), a loss logged
+    every step, validation (HR@K, NDCG@K) after each epoch."""
+    import dataclasses
+
+    from distrec.config import DeepSpeedConfig, EvalConfig, JobConfig, ModelConfig, TrainConfig
+
+    tc, world = job.eimf.train, job.ray.num_workers
+    if tc.batch_size % world:
+        raise ConfigError(f"eimf.train.batch_size={tc.batch_size} must be divisible by ray.num_workers={world}")
+    train = TrainConfig(epochs=tc.epochs, max_steps=tc.max_steps, lr=tc.lr, weight_decay=tc.weight_decay,
+                        lr_schedule="constant", micro_batch_size=tc.batch_size // world, seed=tc.seed, log_every=1)
+    return JobConfig(data=job.data, model=ModelConfig(kind="eimf"), train=train,
+                     eimf=dataclasses.replace(job.eimf, labels=str(labels) if labels is not None else None),
+                     deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
+                     eval=EvalConfig(batch_size=max(1, job.eimf.eval.batch_size // world)),
+                     ray=dataclasses.replace(job.ray, run_name=_run_name(job, stage)))
+
+
+def train_stage(job: EimfJobConfig, data: EimfData, labels: Path | None, stage: str):
+    """One training run of the loop + test evaluation; ``(model, report)`` with the artefact in
+    ``out_dir/stage``. ``labels``: a labels table file (ESIM), or None (IBIM alone)."""
     from distrec.data.storage import write_parquet_file
+    from distrec.eval.tensorboard import read_scalars
     from distrec.interests.evaluate import evaluate_retrieval
-    from distrec.interests.ray_train import train_eimf_ray
+    from distrec.model.interests.artefact import METRICS, load_eimf
+    from distrec.model.interests.eimf import SemanticBank
+    from distrec.storage_uri import local_copy, locate
+    from distrec.train.launcher import run_job
 
     out = Path(job.out_dir) / stage
     started = time.perf_counter()
-    model, metrics = train_eimf_ray(data.train, data.items, job.eimf, labels, ray_cfg=job.ray, out_dir=out,
-                                    name=_run_name(job, stage))
+    run = run_job(eimf_job(job, labels, stage), prepared=data.folder)
     train_wall = time.perf_counter() - started
+    scalars = read_scalars(f"{run.run_dir}/tensorboard")  # a local folder or a URI
+    means = {k: float(sum(v for _, v in scalars[f"train/{k}"]) / max(len(scalars[f"train/{k}"]), 1))
+             for k in ("loss", "loss_rec", "loss_pred", "loss_align")}
+    typical = SemanticBank(read_labels(labels)).typical(data.train.column("user_id").to_numpy()).mean() if labels else 0.0
+    metrics = {**run.metrics["train"], **means, "typical_fraction": float(typical), "world_size": job.ray.num_workers,
+               "run": str(run.run_dir)}
+    with atomic.staged(out, overwrite=True) as tmp, local_copy(locate(str(run.run_dir)) / "eimf") as exported:
+        for f in Path(exported).iterdir():
+            (tmp / f.name).write_bytes(f.read_bytes())
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    model, _, _ = load_eimf(out)
     t0 = time.perf_counter()
     test = evaluate_retrieval(model, data.test, data.items, job.eimf.eval, return_rows=True)
     write_parquet_file(test.pop("rows"), out / "predictions_test.parquet")  # per-row results for `distrec compare`
     report = {
         "artefact": str(out),
         "prepared": str(data.folder),  # distrec predict rebuilds user histories from its interaction log
-        "train": {k: v for k, v in metrics.items() if k != "history"},
+        "train": metrics,
         "train_wall_s": train_wall,
         "test": test,
         "eval_wall_s": time.perf_counter() - t0,
@@ -116,8 +153,10 @@ def run_train(job: EimfJobConfig, labels_path: str | Path | None = None) -> dict
 
     loopback_env(job.ray)
     data = load_data(job)
-    labels = read_labels(labels_path) if labels_path is not None else None
-    _, report = train_stage(job, data, labels, "eimf" if labels is not None else "ibim")
+    if labels_path is not None:
+        read_labels(labels_path)  # a missing file fails here, named
+    _, report = train_stage(job, data, Path(labels_path) if labels_path is not None else None,
+                            "eimf" if labels_path is not None else "ibim")
     return report
 
 
@@ -129,7 +168,7 @@ def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, enc
     :func:`~distrec.interests.labelling.label_typical_users`)."""
     from distrec.data.storage import write_parquet_file
     from distrec.interests.labelling import label_typical_users
-    from distrec.interests.train import SemanticBank
+    from distrec.model.interests.eimf import SemanticBank
     from distrec.interests.typical_users import select_from_model
     from distrec.retrieval.encoders import make_encoder
 
@@ -160,7 +199,7 @@ def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, enco
     The staged alternative to :func:`run_experiment`: ``eimf train`` -> ``eimf label --model
     <out>/ibim`` (run once, e.g. on a GPU node) -> ``eimf train --labels <out>/labels.parquet``
     as often as needed. Returns the labelling statistics (also in ``labelling.json``)."""
-    from distrec.interests.ray_train import load_eimf
+    from distrec.model.interests.artefact import load_eimf
     from distrec.train.launcher import init_ray, loopback_env
 
     loopback_env(job.ray)
@@ -188,8 +227,8 @@ def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
     prepare_s = time.perf_counter() - t0
     init_ray(job.ray)
     ibim, ibim_report = train_stage(job, data, None, "ibim")
-    labels, label_info = label_stage(job, ibim, data, generate_fn, encoder)
-    _, eimf_report = train_stage(job, data, labels, "eimf")
+    _, label_info = label_stage(job, ibim, data, generate_fn, encoder)
+    _, eimf_report = train_stage(job, data, out / "labels.parquet", "eimf")
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "host": {"machine": platform.machine(), "python": platform.python_version(),

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distrec.interests.backbones import ItemIndex, pad_histories
-from distrec.interests.config import SelectionConfig
+from distrec.model.interests.backbones import ItemIndex, pad_histories
+from distrec.config.eimf import SelectionConfig
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from distrec.data.batching import right_pad
 
 
 class DinTask:
-    """Batches are the rows of :mod:`distrec.train.crm_rows`: ``history_ids`` (ragged, at most
+    """Batches are the rows of :mod:`distrec.train.id_rows`: ``history_ids`` (ragged, at most
     ``hist_len``), ``item_id``, ``label``, ``user_id``, ``sample_id``."""
 
     selection = ("auc", True)

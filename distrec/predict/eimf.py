@@ -1,6 +1,6 @@
 """``distrec predict`` for EIMF runs: top-N items per input row from the backbone alone (no LLM).
 
-A run is an EIMF stage folder as :func:`distrec.interests.ray_train.save_eimf` writes it
+A run is an EIMF stage folder as :func:`distrec.model.interests.artefact.save_eimf` writes it
 (``model.safetensors`` + ``eimf_config.json``; e.g. ``<out_dir>/ibim`` or ``<out_dir>/eimf``).
 Each Ray Data actor builds one :class:`EimfScorer`: the serving model
 (``load_eimf(run, heads=False)``: the multi-interest backbone, no ESIM heads, no LLM), the
@@ -63,8 +63,8 @@ REPORT, RESULTS = "report.json", "results.json"
 
 def is_eimf_run(path: str | Path) -> bool:
     """True when ``path`` is a folder holding an EIMF artefact (``model.safetensors`` and
-    ``eimf_config.json``, :func:`distrec.interests.ray_train.save_eimf`)."""
-    from distrec.interests.ray_train import CONFIG, WEIGHTS
+    ``eimf_config.json``, :func:`distrec.model.interests.artefact.save_eimf`)."""
+    from distrec.model.interests.artefact import CONFIG, WEIGHTS
 
     root = Path(path)
     return root.is_dir() and (root / WEIGHTS).is_file() and (root / CONFIG).is_file()
@@ -136,7 +136,7 @@ def eimf_spec(run: str, input_schema: pa.Schema, top_n: int, batch_size: int, us
             the input already has ``top_item_ids``/``top_scores``; for ``user_id`` inputs,
             the prepared dataset is unknown, missing, not generative or lacks its interaction log.
     """
-    from distrec.interests.ray_train import load_eimf
+    from distrec.model.interests.artefact import load_eimf
 
     if top_n < 1 or batch_size < 1:
         raise ConfigError(f"top_n and batch_size must be >= 1, got {top_n} and {batch_size}")
@@ -189,7 +189,7 @@ class EimfScorer:
                  prepared: str | None = None, max_history: int | None = None) -> None:
         from distrec.metrics.finite import require_finite
         from distrec.interests.evaluate import _backbone, build_index, item_matrix
-        from distrec.interests.ray_train import load_eimf
+        from distrec.model.interests.artefact import load_eimf
 
         model, self.index, cfg = load_eimf(run, heads=False, device=device)
         self.backbone = _backbone(model)
@@ -252,7 +252,7 @@ class EimfScorer:
         """Top-``top_n`` item ids [B, n] (-1 past the available items) and their float32 scores
         for item-id histories (oldest first, all in the catalogue), by the module doc's rule."""
         from distrec.metrics.finite import require_finite
-        from distrec.interests.backbones import pad_histories
+        from distrec.model.interests.backbones import pad_histories
         from distrec.interests.evaluate import history_exclusions, merged_topn, user_interests
 
         hist, mask = pad_histories(histories, self.index, self.backbone.cfg.max_len)

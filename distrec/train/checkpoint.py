@@ -40,25 +40,26 @@ class TrainState:
         return self.stopped_early or self.step >= total_steps
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
+def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state(), **{f"task.{k}": g.get_state() for k, g in generators.items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def save_and_report(strategy, state: TrainState, metrics: dict, best: dict[str, torch.Tensor] | None = None,
-                    upload=None) -> None:
+                    upload=None, generators: dict[str, torch.Generator] | None = None) -> None:
     """Write this rank's part of a checkpoint and report it (a collective: all ranks call it).
 
     ``best``: the best validation state so far (whole tensors, identical on every rank).
-    ``upload``: a ``checkpoint_upload_fn`` replacing Ray's copy into storage (fault injection only)."""
+    ``upload``: a ``checkpoint_upload_fn`` replacing Ray's copy into storage (fault injection only).
+    ``generators``: the task's own random streams (EIMF's negatives), saved with the rank's RNG."""
     import ray.train
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="distrec-ckpt-") as tmp:
         strategy.save_checkpoint(tmp, DS_TAG)
-        torch.save(_rng_state(), Path(tmp) / f"rng_rank{strategy.rank}.pt")
+        torch.save(_rng_state(generators or {}), Path(tmp) / f"rng_rank{strategy.rank}.pt")
         if strategy.is_rank0:
             (Path(tmp) / "state.json").write_text(json.dumps(asdict(state)))
             if best is not None:
@@ -66,9 +67,11 @@ def save_and_report(strategy, state: TrainState, metrics: dict, best: dict[str, 
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_upload_fn=upload)
 
 
-def restore(strategy, checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
-    """Load engine state, data position and RNG from a Ray checkpoint; returns the state and
-    the best validation state saved with it (None before any validation)."""
+def restore(strategy, checkpoint, generators: dict[str, torch.Generator] | None = None,
+            ) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """Load engine state, data position and RNG (the task's ``generators`` included) from a Ray
+    checkpoint; returns the state and the best validation state saved with it (None before any
+    validation)."""
     from safetensors.torch import load_file
 
     with checkpoint.as_directory() as directory:
@@ -80,6 +83,8 @@ def restore(strategy, checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] |
         if rng_file.is_file():
             rng = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(rng["cpu"])
+            for name, generator in (generators or {}).items():
+                generator.set_state(rng[f"task.{name}"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
     return state, best

@@ -79,7 +79,7 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
     state, best = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        state, best = restore(strategy, checkpoint)
+        state, best = restore(strategy, checkpoint, getattr(task, "generators", None))
         monitor.text("events/resume", state.step, f"resumed at step {state.step} (epoch {state.epoch})")
 
     if mode == "eval":
@@ -217,7 +217,8 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             if state.step % ckpt_every == 0 or last or paused:
                 ctx.monitor.sync()  # events up to this step reach storage before the checkpoint counts
                 upload = ctx.hooks.checkpoint_upload(state.step, saved_step)
-                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state, upload)
+                save_and_report(strategy, state, {"step": state.step, "epoch": state.epoch}, best_state, upload,
+                                getattr(task, "generators", None))
                 saved_step = state.step
             if last or paused:
                 return best_state

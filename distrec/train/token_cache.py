@@ -141,14 +141,14 @@ def ensure_tokens(job: JobConfig, prepared: Path) -> tuple[Path, bool]:
 
 
 def split_files(job: JobConfig, prepared: Path, splits: list[str]) -> dict[str, list[str]]:
-    """The row shards of each split, in row order: token shards for a causal LM, DIN rows
-    (:mod:`distrec.train.crm_rows`) for ``model.kind: din``, built first on a miss. Every
+    """The row shards of each split, in row order: token shards for a causal LM, id rows
+    (:mod:`distrec.train.id_rows`) for the DIN and EIMF, built first on a miss. Every
     worker reads its own rows from them (:class:`~distrec.train.row_source.ShardRows`), so the
     cache folder must be on storage every node mounts, as the prepared folders are."""
-    if job.model.kind == "din":
-        from distrec.train.crm_rows import ensure_crm_rows
+    if job.model.kind != "causal_lm":
+        from distrec.train.id_rows import ensure_id_rows
 
-        folder = ensure_crm_rows(job, prepared)
+        folder = ensure_id_rows(job, prepared)
     else:
         folder, _ = ensure_tokens(job, prepared)
     entries = json.loads((folder / MANIFEST).read_text())["splits"]

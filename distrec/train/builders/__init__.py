@@ -4,7 +4,7 @@ The loop (:mod:`distrec.train.loop`) is the same for every model; a builder supp
 module DeepSpeed wraps, the task object (batch -> loss, eval rows -> metrics, selection
 metric; :mod:`distrec.objectives`), and what the run exports once the selected state is in
 place. ``causal_lm``: the backbone with its adapter, SPA and CFLoRA conditioning
-(:mod:`.causal_lm`); ``din``: the DIN CRM (:mod:`.din`).
+(:mod:`.causal_lm`); ``din``: the DIN CRM (:mod:`.din`); ``eimf``: IBIM + ESIM (:mod:`.eimf`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def build(job, strategy, loop_config: dict) -> Built:
         from distrec.train.builders.din import build_din
 
         return build_din(job, strategy, loop_config)
+    if job.model.kind == "eimf":
+        from distrec.train.builders.eimf import build_eimf
+
+        return build_eimf(job, strategy, loop_config)
     from distrec.train.builders.causal_lm import build_causal_lm
 
     return build_causal_lm(job, strategy, loop_config)

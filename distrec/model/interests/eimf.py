@@ -1,10 +1,8 @@
-"""EIMF training in plain PyTorch: IBIM backbone + (optional) ESIM auxiliary heads.
+"""The EIMF model and one batch's loss: IBIM backbone + (optional) ESIM auxiliary heads.
 
-:func:`step` is one forward + loss on one batch and does no optimisation, so a Ray Train
-data-parallel wrapper can reuse it (all parameter use happens inside :class:`EimfModel`'s
-``forward``, so wrapping the model in DDP works; use ``find_unused_parameters=True`` when ESIM
-heads exist, since batches without typical users leave them without gradients).
-:func:`train_eimf` is the single-process loop around it.
+:func:`step` is one forward + loss on one batch and does no optimisation; the training loop
+(:mod:`distrec.train.loop`, through :class:`distrec.objectives.eimf.EimfTask`) calls it on each
+rank's micro-batch (all parameter use happens inside :class:`EimfModel`'s ``forward``).
 
 Exactness of the λ = 0 case: ESIM heads are initialised under a forked RNG (seed + 1), the
 negatives come from a private generator, and an auxiliary term with λ = 0 is never computed,
@@ -17,7 +15,6 @@ table, no heads, no LLM.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,14 +23,14 @@ import torch
 from torch import nn
 
 from distrec.errors import DataError
-from distrec.interests.backbones import (
+from distrec.model.interests.backbones import (
     ItemIndex,
     MultiInterestBackbone,
     build_backbone,
     pad_histories,
 )
-from distrec.interests.config import EimfConfig
-from distrec.interests.losses import (
+from distrec.config.eimf import EimfConfig
+from distrec.model.interests.losses import (
     NegativeSampler,
     auxiliary_losses,
     full_softmax_loss,
@@ -172,12 +169,6 @@ class SemanticBank:
         return self.lookup(user_ids)[1].any(axis=1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def make_batch(data: EncodedSamples, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     return {
         "user_id": torch.from_numpy(data.user_id[idx]).to(device),
@@ -268,73 +259,3 @@ def build_sampler(cfg: EimfConfig, num_items: int, target_rows: np.ndarray) -> N
     if cfg.loss.sampler == "log_uniform" and cfg.loss.popularity_rank:
         counts = np.bincount(target_rows - 1, minlength=num_items)
     return NegativeSampler(num_items, cfg.loss.num_negatives, cfg.loss.sampler, counts=counts, seed=cfg.train.seed)
-
-
-def train_eimf(
-    samples_table: pa.Table,
-    items_table: pa.Table,
-    cfg: EimfConfig,
-    labels_table: pa.Table | None = None,
-    *,
-    eval_table: pa.Table | None = None,
-) -> tuple[EimfModel, dict]:
-    """Train IBIM (+ ESIM when ``labels_table`` is given) and return ``(model, metrics)``.
-
-    Deterministic given ``cfg.train.seed`` (model init, shuffling and negatives are seeded).
-    ``metrics``: ``steps``, ``epochs``, mean ``loss``/``loss_rec``/``loss_pred``/``loss_align``
-    over all steps, ``typical_fraction`` (samples whose user has semantic interests),
-    ``train_time_s``, ``history`` (one dict every ``log_every`` steps) and, with
-    ``eval_table``, ``eval`` (see :func:`distrec.interests.evaluate.evaluate_retrieval`).
-    """
-    tc = cfg.train
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
-    index = ItemIndex.from_items(items_table)
-    data = encode_samples(samples_table, index, cfg.backbone.max_len)
-    if len(data) == 0:
-        raise DataError("train_eimf: the samples table is empty")
-    bank = SemanticBank(labels_table) if labels_table is not None else None
-    model = build_model(index.num_items, cfg, bank.dim if bank is not None else None).to(device)
-    sampler = build_sampler(cfg, index.num_items, data.target)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-
-    started = time.perf_counter()
-    totals: dict[str, float] = {}
-    history: list[dict] = []
-    n_steps, epochs_run = 0, 0
-    model.train()
-    for epoch in range(tc.epochs):
-        epochs_run = epoch + 1
-        perm = rng.permutation(len(data))
-        for start in range(0, len(data), tc.batch_size):
-            if tc.max_steps is not None and n_steps >= tc.max_steps:
-                break
-            idx = perm[start : start + tc.batch_size]
-            batch = make_batch(data, idx, device)
-            labels = make_labels(bank, data.user_id[idx], device)
-            loss, parts = step(model, batch, labels, cfg=cfg, sampler=sampler)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n_steps += 1
-            for key, val in parts.items():
-                totals[key] = totals.get(key, 0.0) + val
-            if tc.log_every and n_steps % tc.log_every == 0:
-                history.append({"step": n_steps, "epoch": epoch, **parts})
-        if tc.max_steps is not None and n_steps >= tc.max_steps:
-            break
-    model.eval()
-    metrics: dict = {
-        "steps": n_steps,
-        "epochs": epochs_run,
-        **{k: v / max(n_steps, 1) for k, v in totals.items() if k.startswith("loss")},
-        "typical_fraction": float(bank.typical(data.user_id).mean()) if bank is not None else 0.0,
-        "train_time_s": time.perf_counter() - started,
-        "history": history,
-    }
-    if eval_table is not None:
-        from distrec.interests.evaluate import evaluate_retrieval
-
-        metrics["eval"] = evaluate_retrieval(model, eval_table, index, cfg.eval)
-    return model, metrics

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distrec.interests.config import EsimConfig
+from distrec.config.eimf import EsimConfig
 
 _MASKED = -1e9  # logit for masked accidental hits: finite, exp() underflows to 0
 

@@ -149,6 +149,9 @@ class EimfEvalConfig:
 
 @dataclass
 class EimfConfig:
+    """``labels``: a labels table (``distrec eimf label``) whose typical users the ESIM losses
+    read; None trains IBIM alone."""
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     loss: RecLossConfig = field(default_factory=RecLossConfig)
     esim: EsimConfig = field(default_factory=EsimConfig)
@@ -156,6 +159,7 @@ class EimfConfig:
     label: LabelConfig = field(default_factory=LabelConfig)
     train: EimfTrainConfig = field(default_factory=EimfTrainConfig)
     eval: EimfEvalConfig = field(default_factory=EimfEvalConfig)
+    labels: Optional[str] = None
 
 
 def eimf_config_from_dict(data: dict) -> EimfConfig:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from distrec.errors import DataError
-from distrec.interests.config import BackboneConfig
+from distrec.config.eimf import BackboneConfig
 
 _NEG = -(2.0**32) + 1.0  # ComiRec's padding logit: finite, so an all-padding row stays finite
 

@@ -1,0 +1,44 @@
+"""EIMF in the one loop: IBIM (+ ESIM heads when ``eimf.labels`` names a labels table) built
+whole on every rank (ZeRO stage 0: plain data parallel), trained with
+:class:`~distrec.objectives.eimf.EimfTask`, exported as an EIMF stage folder
+(:mod:`distrec.model.interests.artefact`) under ``<run>/eimf``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from distrec.train.builders import Built
+
+
+def _column(files: list[str], name: str) -> np.ndarray:
+    """One scalar column of a split's row shards (memory-mapped: only that column is read)."""
+    parts = [ipc.open_file(pa.memory_map(f)).read_all().column(name).to_numpy() for f in files]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def build_eimf(job, strategy, loop_config: dict) -> Built:
+    from distrec import atomic
+    from distrec.model.interests.artefact import save_eimf
+    from distrec.model.interests.backbones import ItemIndex
+    from distrec.model.interests.eimf import SemanticBank, build_model, build_sampler
+    from distrec.objectives.eimf import EimfTask
+
+    cfg = job.eimf
+    index = ItemIndex.from_items(pq.read_table(Path(loop_config["prepared_dir"]) / "items.parquet"))
+    bank = SemanticBank(pq.read_table(cfg.labels)) if cfg.labels else None
+    model = build_model(index.num_items, cfg, bank.dim if bank is not None else None).to(strategy.device)
+    train_files = loop_config["token_files"].get("train", [])
+    targets = index.rows(_column(train_files, "item_id"), where="train item_id") if train_files else np.ones(1, np.int64)
+    sampler = build_sampler(cfg, index.num_items, targets)  # the same seeded negatives on every rank
+
+    def export(run_dir: Path) -> None:
+        if strategy.is_rank0:  # whole on every rank: rank 0's copy is the model
+            with atomic.staged(run_dir / "eimf", overwrite=True) as tmp:
+                save_eimf(model, index, cfg, tmp)
+
+    return Built(model=model, task=EimfTask(cfg, index, sampler, bank, strategy.device), export=export)
