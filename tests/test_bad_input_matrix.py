@@ -92,12 +92,16 @@ def test_crm_folder_missing_or_of_the_wrong_width(tmp_path):
 
     from distrec.model.adapters import make_adapter
     from distrec.model.crm import DIN, DinConfig
-    from distrec.model.crm.artefact import load_din, save_din
+    from distrec import atomic
+    from distrec.model.crm.artefact import load_din, write_din
     from distrec.model.rellax import assemble
 
     with pytest.raises(ModelError, match=f"{tmp_path}: not a DIN folder"):
         load_din(tmp_path)
-    din = save_din(DIN(np.arange(1, 10), DinConfig(hidden_size=16, embed_dim=4)), tmp_path / "din")
+    model = DIN(np.arange(1, 10), DinConfig(hidden_size=16, embed_dim=4))
+    with atomic.staged(tmp_path / "din") as folder:
+        write_din(folder, model.state_dict(), model.config)
+    din = tmp_path / "din"
     job = load_job_config(TINY, ["adapter.kind=cflora", "crm.hidden_size=32"])
     adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
     llm = adapter.attach(tiny_llama())

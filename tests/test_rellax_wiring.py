@@ -104,11 +104,15 @@ def test_spa_prompt_has_one_marker_per_shown_item_and_names_them_after_truncatio
 @pytest.fixture(scope="module")
 def din_folder(tmp_path_factory):
     from distrec.model.crm import DIN, DinConfig
-    from distrec.model.crm.artefact import save_din
+    from distrec import atomic
+    from distrec.model.crm.artefact import write_din
 
     torch.manual_seed(0)
     cfg = DinConfig(embed_dim=8, hist_len=4, attn_hidden=8, hidden_size=16, mlp_layers=2, dropout=0.0)
-    return save_din(DIN(np.arange(1, 60), cfg), tmp_path_factory.mktemp("din") / "din")
+    model, out = DIN(np.arange(1, 60), cfg), tmp_path_factory.mktemp("din") / "din"
+    with atomic.staged(out) as folder:
+        write_din(folder, model.state_dict(), model.config)
+    return out
 
 
 def batch_of(histories, shown, targets) -> dict:

@@ -1,6 +1,7 @@
 """A trained DIN on disk: ``din.safetensors`` (weights + ``catalog_ids``), ``din_config.json``
 (its :class:`~distrec.config.din.DinConfig` and catalogue size) and, once evaluated,
-``metrics.json``. Written into a temporary sibling and renamed whole (:mod:`distrec.atomic`)."""
+``metrics.json``. :func:`write_din` fills a staged folder (:func:`distrec.atomic.staged`), so a
+folder is published whole or not at all."""
 
 from __future__ import annotations
 
@@ -45,15 +46,6 @@ def write_din(folder: Path, state: dict[str, torch.Tensor], cfg: DinConfig, metr
                                             indent=2) + "\n")
     if metrics is not None:
         (folder / METRICS).write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
-
-
-def save_din(model: DIN, out_dir: str | Path, metrics: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
-    """Atomically write ``model`` (+ ``metrics``) as a DIN folder at ``out_dir``; ModelError when
-    it exists and ``overwrite`` is false."""
-    out = Path(out_dir)
-    with atomic.staged(out, REQUIRED, overwrite=overwrite, exists_error=ModelError) as tmp:
-        write_din(tmp, model.state_dict(), model.config, metrics)
-    return out
 
 
 def load_din(path: str | Path, device: str | torch.device = "cpu") -> DIN:
