@@ -5,11 +5,10 @@ below, library functions that today only the tests call (issue 15 item 4 moves t
 """
 
 from distrec import cli
-from distrec.interests import cli as eimf_cli
 
 # Typer calls the CLI commands; torch calls extra_repr; HF Trainer calls its callbacks (jobs/bench); `python -c` calls write_tiny (model/backbone.py).
 cli.data_fetch, cli.data_prepare, cli.data_tokenize, cli.retrieve, cli.crm_train, cli.compare, cli.evaluate
-eimf_cli.experiment
+cli.eimf_train, cli.eimf_label, cli.eimf_experiment
 _.extra_repr, _.on_step_begin, _.on_step_end  # noqa: F821
 _.write_tiny  # noqa: F821
 

@@ -1,7 +1,8 @@
-"""The ``distrec`` command line: ``data fetch|prepare|tokenize``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``predict``, ``compare``, ``export``, ``eimf``."""
+"""The ``distrec`` command line, the one CLI module: ``data fetch|prepare|tokenize``, ``retrieve``, ``crm train``, ``train``, ``eval``, ``predict``, ``compare``, ``export``, ``eimf train|label|experiment``."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -72,7 +73,6 @@ def data_tokenize(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
     """Tokenise the job's prepared data once into the token cache ($DISTREC_HOME/tokens); train reuses it."""
-    import json
 
     from distrec.config import load_job_config
     from distrec.train.artefacts import ensure_prepared, ensure_retrieval
@@ -154,7 +154,6 @@ def crm_train(
         folder = ensure_crm(job)
     except DistrecError as exc:
         _fail(exc)
-    import json
 
     metrics = json.loads((folder / METRICS).read_text())
     train = metrics.get("train") or {}
@@ -264,13 +263,65 @@ def export(
     typer.echo(f"merged {result.method} ({result.dtype}) -> {result.out}")
 
 
-def _eimf_app() -> typer.Typer:
-    from distrec.interests.cli import eimf_app
+eimf_app = typer.Typer(
+    help="EIMF: multi-interest recommender (IBIM) taught by LLM-named interests of typical users (ESIM).",
+    no_args_is_help=True,
+)
 
-    return eimf_app
+EIMF_CONFIG_HELP = "EIMF job YAML (jobs/eimf_ml100k.yaml, jobs/eimf_gpu.yaml)."
+EIMF_OVERRIDES_HELP = "key=value overrides, e.g. eimf.train.epochs=2 ray.num_workers=1 eimf.out_dir=runs/x"
 
 
-app.add_typer(_eimf_app(), name="eimf", help="EIMF: multi-interest recommender taught by LLM-derived interests.")
+@eimf_app.command("train")
+def eimf_train(
+    config: Path = typer.Option(..., "--config", "-c", help=EIMF_CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=EIMF_OVERRIDES_HELP),
+    labels: Optional[Path] = typer.Option(None, help="A labels.parquet from `experiment`: adds the ESIM losses."),
+) -> None:
+    """Train the backbone (stage 1, or stage 2 with --labels) with Ray Train; evaluate on test."""
+    from distrec.interests.pipeline import load_eimf_job, run_train
+
+    try:
+        job = load_eimf_job(config, overrides or [])
+        report = run_train(job, labels)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"artefact": report["artefact"], "steps": report["train"]["steps"],
+                           "loss": report["train"]["loss"], **report["test"]}, indent=2, default=float))
+
+
+@eimf_app.command("label")
+def eimf_label(
+    config: Path = typer.Option(..., "--config", "-c", help=EIMF_CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=EIMF_OVERRIDES_HELP),
+    model: Path = typer.Option(..., "--model", "-m", help="A trained backbone folder, e.g. <out_dir>/ibim from `eimf train`."),
+) -> None:
+    """Pick the backbone's typical users and have the LLM name their interests -> out_dir/labels.parquet."""
+    from distrec.interests.pipeline import load_eimf_job, run_label
+
+    try:
+        job = load_eimf_job(config, overrides or [])
+        info = run_label(job, model)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"labels": str(Path(job.eimf.out_dir) / "labels.parquet"), **info}, indent=2, default=float))
+
+
+@eimf_app.command("experiment")
+def eimf_experiment(
+    config: Path = typer.Option(..., "--config", "-c", help=EIMF_CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=EIMF_OVERRIDES_HELP),
+) -> None:
+    """IBIM alone vs IBIM + ESIM on the same data/seed/budget; writes results.md and results.json."""
+    from distrec.interests.pipeline import load_eimf_job, run_experiment
+
+    try:
+        job = load_eimf_job(config, overrides or [])
+        run_experiment(job)
+    except DistrecError as exc:
+        _fail(exc)
+    typer.echo((Path(job.eimf.out_dir) / "results.md").read_text())
+app.add_typer(eimf_app, name="eimf")
 
 
 def main() -> None:  # pragma: no cover

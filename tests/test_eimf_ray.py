@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from distrec.config import RayConfig
 from distrec.errors import ConfigError, DataError
-from distrec.interests.cli import eimf_app
+from distrec.cli import eimf_app
 from distrec.config.eimf import (
     BackboneConfig,
     EimfConfig,
@@ -75,7 +75,7 @@ def cfg_of(lam: float = 0.0, epochs: int = 2, batch: int = G) -> EimfConfig:
 
 
 def train_ray(samples, items, cfg, labels, *, workers: int, storage: Path, name: str, ray_storage: str | None = None,
-              **train):
+              debug: dict | None = None, max_failures: int = 0, **train):
     """``(model, metrics, artefact folder)`` of one run of the loop on ``samples`` (all in the
     train split; valid and test are 16-row slices; inputs written under ``storage``, the run to
     ``ray_storage`` or ``storage``). ``metrics``: the run's ``train`` entry plus ``world_size``
@@ -84,7 +84,8 @@ def train_ray(samples, items, cfg, labels, *, workers: int, storage: Path, name:
 
     from distrec.data.storage import write_prepared
     from distrec.eval.tensorboard import read_scalars
-    from distrec.interests.pipeline import EimfJobConfig, eimf_job
+    from distrec.config import DataConfig, JobConfig, ModelConfig
+    from distrec.interests.pipeline import eimf_job
     from distrec.train.launcher import run_job
 
     prepared = storage / f"{name}-prepared"
@@ -98,10 +99,12 @@ def train_ray(samples, items, cfg, labels, *, workers: int, storage: Path, name:
         import pyarrow.parquet as pq
 
         pq.write_table(labels, labels_path)
-    ejob = EimfJobConfig(ray=RayConfig(num_workers=workers, storage_path=ray_storage or str(storage), run_name=name),
-                         eimf=cfg)
+    ejob = JobConfig(data=DataConfig(task="generative"), model=ModelConfig(kind="eimf"), eimf=cfg,
+                     ray=RayConfig(num_workers=workers, storage_path=ray_storage or str(storage), run_name=name,
+                                   max_failures=max_failures))
     job = eimf_job(ejob, labels_path, "stage")
-    job = dataclasses.replace(job, train=dataclasses.replace(job.train, **train))
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, **train),
+                              debug=dataclasses.replace(job.debug, **(debug or {})))
     run = run_job(job, prepared=prepared)
     if ray_storage is not None:
         from distrec.storage_uri import local_copy, locate
@@ -186,6 +189,28 @@ def test_two_workers_equal_single_process_on_the_global_batch(runs, samples, ite
     np.testing.assert_allclose(interests_of(two, samples, items), interests_of(ref, samples, items), atol=1e-4)
     per_epoch = [np.mean([h["loss"] for h in two_m["history"] if h["epoch"] == e]) for e in (0, 1)]
     assert per_epoch[1] < per_epoch[0]  # and it learns
+
+
+def test_killed_eimf_run_resumes_mid_epoch_to_the_identical_model(runs, samples, items, labels, tmp_path):
+    """SIGKILL of the last rank after step 6 (checkpoints every 4 steps, epochs of 9): the
+    restarted group resumes from step 4 (model, AdamW state, RNG and the negatives' stream) and
+    ends bit for bit where the uninterrupted 2-rank run did, every sample once per epoch."""
+    from distrec.eval.tensorboard import read_texts
+    from distrec.train.faults import consumed
+
+    base, _, _ = runs("w2", samples, items, labels)
+    killed, metrics, out = train_ray(samples, items, cfg_of(), None, workers=2, storage=tmp_path, name="killed",
+                                     debug={"kill_at_steps": [6], "record_samples": True}, max_failures=1,
+                                     checkpoint_every=4)
+    run_dir = out.parent
+    assert (run_dir / "faults" / "killed_at_step_6").is_file()
+    assert any("resumed at step 4" in t for t in read_texts(run_dir / "tensorboard")["events/resume"])
+    a, b = base.state_dict(), killed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    by_epoch, _ = consumed(run_dir)
+    assert sorted(by_epoch) == [0, 1]
+    for epoch, ids in by_epoch.items():
+        assert len(ids) == len(set(ids)) == samples.num_rows, epoch
 
 
 def test_zero_lambdas_reduce_to_backbone_under_ray(runs, samples, items, labels):
@@ -309,8 +334,8 @@ def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tm
            "eimf": {"backbone": {"dim": 16, "max_len": 10}, "loss": {"sampler": "full"},
                     "train": {"batch_size": 32, "epochs": 1}, "eval": {"ks": [5, 20]},
                     "selection": {"n_clusters": 2, "per_cluster": 3},
-                    "label": {"model": "tiny", "num_actors": 1, "max_new_tokens": 8, "keep_dropped": True}},
-           "out_dir": str(tmp_path / "out")}
+                    "label": {"model": "tiny", "num_actors": 1, "max_new_tokens": 8, "keep_dropped": True},
+                    "out_dir": str(tmp_path / "out")}}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     res = CliRunner().invoke(eimf_app, ["train", "--config", str(tmp_path / "job.yaml"), "eimf.train.epochs=2"])
     assert res.exit_code == 0, res.output
@@ -343,7 +368,7 @@ def test_cli_train_then_label_then_train_with_the_labels(ray_local, prepared, tm
 def test_cli_label_names_a_missing_model(prepared, tmp_path):
     import yaml
 
-    job = {"data": {"task": "generative", "prepared_dir": prepared.prepared_dir}, "out_dir": str(tmp_path / "out")}
+    job = {"data": {"task": "generative", "prepared_dir": prepared.prepared_dir}, "eimf": {"out_dir": str(tmp_path / "out")}}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     res = CliRunner().invoke(eimf_app, ["label", "--config", str(tmp_path / "job.yaml"), "--model", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "nope: not an EIMF artefact" in res.output
@@ -354,7 +379,8 @@ def test_cli_label_names_a_missing_model(prepared, tmp_path):
 def test_experiment_end_to_end(ray_local, prepared, tmp_path):
     """prepare (a synthetic prepared folder) -> IBIM -> k-means -> LLM stage (a fake LLM that
     names the genres in the prompt) -> IBIM + ESIM on 2 DDP ranks -> table."""
-    from distrec.interests.pipeline import EimfJobConfig, run_experiment
+    from distrec.config import JobConfig, ModelConfig
+    from distrec.interests.pipeline import run_experiment
 
     def fake_llm(prompts, *, sample, seed):
         return ["\n".join(f"Interest: {g} films | Reason: many" for g in ("Action", "Drama", "Comedy", "Horror") if g in p)
@@ -366,8 +392,9 @@ def test_experiment_end_to_end(ray_local, prepared, tmp_path):
     cfg = cfg_of(LAM)
     cfg.selection.n_clusters, cfg.selection.per_cluster = 2, 4
     cfg.label.num_actors, cfg.label.actor_cpus = 1, 0.5
-    job = EimfJobConfig(data=prepared, ray=RayConfig(num_workers=2, storage_path=str(tmp_path / "runs")), eimf=cfg,
-                        out_dir=str(tmp_path / "out"))
+    cfg.out_dir = str(tmp_path / "out")
+    job = JobConfig(data=prepared, model=ModelConfig(kind="eimf"), eimf=cfg,
+                    ray=RayConfig(num_workers=2, storage_path=str(tmp_path / "runs")))
     res = run_experiment(job, generate_fn=fake_llm, encoder=hashing_encoder)
     lab = res["labelling"]
     assert lab["selected_users"] == lab["labelled_users"] == lab["llm_calls"] == 8 and lab["dropped"] == 0

@@ -64,7 +64,8 @@ def _write_custom(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def toy_run(ray_local, tmp_path_factory):
     """``(run folder, prepared folder)`` of one ``run_train`` on the toy custom dataset."""
-    from distrec.interests.pipeline import EimfJobConfig, run_train
+    from distrec.config import JobConfig, ModelConfig
+    from distrec.interests.pipeline import run_train
 
     root = tmp_path_factory.mktemp("eimf-predict")
     _write_custom(root / "raw")
@@ -76,9 +77,10 @@ def toy_run(ray_local, tmp_path_factory):
         loss=RecLossConfig(sampler="full"),
         train=EimfTrainConfig(batch_size=32, epochs=2, seed=5, device="cpu", lr=1e-2),
         eval=EimfEvalConfig(ks=KS, exclude_history=True),
+        out_dir=str(root / "out"),
     )
-    job = EimfJobConfig(data=data, ray=RayConfig(num_workers=1, storage_path=str(root / "ray")), eimf=cfg,
-                        out_dir=str(root / "out"))
+    job = JobConfig(data=data, model=ModelConfig(kind="eimf"), eimf=cfg,
+                    ray=RayConfig(num_workers=1, storage_path=str(root / "ray")))
     report = run_train(job)
     return Path(report["artefact"]), root / "prepared"
 

@@ -149,8 +149,12 @@ class EimfEvalConfig:
 
 @dataclass
 class EimfConfig:
-    """``labels``: a labels table (``distrec eimf label``) whose typical users the ESIM losses
-    read; None trains IBIM alone."""
+    """The job config's ``eimf`` section (read by ``distrec eimf`` and ``model.kind: eimf``).
+
+    ``labels``: a labels table (``distrec eimf label``) whose typical users the ESIM losses
+    read; None trains IBIM alone. ``encoder``: interest phrases -> vectors (a
+    :func:`distrec.retrieval.encoders.make_encoder` spec). ``out_dir``: where the stages
+    (``ibim/``, ``eimf/``), the labels and the results go."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     loss: RecLossConfig = field(default_factory=RecLossConfig)
@@ -160,6 +164,8 @@ class EimfConfig:
     train: EimfTrainConfig = field(default_factory=EimfTrainConfig)
     eval: EimfEvalConfig = field(default_factory=EimfEvalConfig)
     labels: Optional[str] = None
+    encoder: str = "minilm"
+    out_dir: str = "runs/eimf"
 
 
 def eimf_config_from_dict(data: dict) -> EimfConfig:

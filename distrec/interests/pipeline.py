@@ -20,35 +20,21 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distrec import atomic, config_loader
-from distrec.config import DataConfig, RayConfig
+from distrec.config import JobConfig, load_job_config
 from distrec.errors import ConfigError, DataError
-from distrec.config.eimf import EimfConfig
 
 
-@dataclass
-class EimfJobConfig:
-    """A ``distrec eimf`` job: the data, the Ray cluster, EIMF itself, and where outputs go."""
-
-    data: DataConfig = field(default_factory=lambda: DataConfig(task="generative"))
-    ray: RayConfig = field(default_factory=lambda: RayConfig(num_workers=2))
-    eimf: EimfConfig = field(default_factory=EimfConfig)
-    encoder: str = "minilm"  # interest phrases -> vectors (distrec.retrieval.encoders.make_encoder spec)
-    out_dir: str = "runs/eimf"
-
-
-def load_eimf_job(path: str | Path | None = None, overrides: list[str] | None = None) -> EimfJobConfig:
-    """Typed job from YAML + ``key=value`` overrides; ConfigError names a bad key or value."""
-    job = config_loader.load(EimfJobConfig, path, overrides)
-    if job.data.task != "generative":
-        raise ConfigError(f"{path or 'defaults'}: 'data.task' must be 'generative' for EIMF, got {job.data.task!r}")
-    return job
+def load_eimf_job(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """The job config (YAML + ``key=value`` overrides) with ``model.kind: eimf``; ConfigError names
+    a bad key or value, and a ``data.task`` other than ``generative``."""
+    return load_job_config(path, ["model.kind=eimf", *(overrides or [])])
 
 
 @dataclass
@@ -59,7 +45,7 @@ class EimfData:
     items: pa.Table  # item_id, title, categories, ...
 
 
-def load_data(job: EimfJobConfig) -> EimfData:
+def load_data(job: JobConfig) -> EimfData:
     """Prepare (or reuse) ``job.data`` and open its train/test splits and items table."""
     from distrec.data.prepare import prepare
     from distrec.data.storage import open_split, open_table
@@ -71,13 +57,13 @@ def load_data(job: EimfJobConfig) -> EimfData:
     return data
 
 
-def _run_name(job: EimfJobConfig, stage: str) -> str:
+def _run_name(job: JobConfig, stage: str) -> str:
     """Stage runs resume only under an explicit ``ray.run_name``; otherwise a fresh name."""
-    base = job.ray.run_name or f"{Path(job.out_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = job.ray.run_name or f"{Path(job.eimf.out_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return f"{base}-{stage}"
 
 
-def eimf_job(job: EimfJobConfig, labels: Path | None, stage: str):
+def eimf_job(job: JobConfig, labels: Path | None, stage: str):
     """The :class:`~distrec.config.JobConfig` that trains one EIMF stage in the one loop:
     ``model.kind: eimf``, ``eimf.train.batch_size`` as the global batch split over
     ``ray.num_workers`` ranks (ConfigError when it does not divide), AdamW at a constant
@@ -85,21 +71,22 @@ def eimf_job(job: EimfJobConfig, labels: Path | None, stage: str):
     every step, validation (HR@K, NDCG@K) after each epoch."""
     import dataclasses
 
-    from distrec.config import DeepSpeedConfig, EvalConfig, JobConfig, ModelConfig, TrainConfig
+    from distrec.config import DeepSpeedConfig, TrainConfig
 
     tc, world = job.eimf.train, job.ray.num_workers
     if tc.batch_size % world:
         raise ConfigError(f"eimf.train.batch_size={tc.batch_size} must be divisible by ray.num_workers={world}")
     train = TrainConfig(epochs=tc.epochs, max_steps=tc.max_steps, lr=tc.lr, weight_decay=tc.weight_decay,
                         lr_schedule="constant", micro_batch_size=tc.batch_size // world, seed=tc.seed, log_every=1)
-    return JobConfig(data=job.data, model=ModelConfig(kind="eimf"), train=train,
-                     eimf=dataclasses.replace(job.eimf, labels=str(labels) if labels is not None else None),
-                     deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
-                     eval=EvalConfig(batch_size=max(1, job.eimf.eval.batch_size // world)),
-                     ray=dataclasses.replace(job.ray, run_name=_run_name(job, stage)))
+    return dataclasses.replace(
+        job, model=dataclasses.replace(job.model, kind="eimf"), train=train,
+        eimf=dataclasses.replace(job.eimf, labels=str(labels) if labels is not None else None),
+        deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
+        eval=dataclasses.replace(job.eval, batch_size=max(1, job.eimf.eval.batch_size // world), max_samples=None),
+        ray=dataclasses.replace(job.ray, run_name=_run_name(job, stage)))
 
 
-def train_stage(job: EimfJobConfig, data: EimfData, labels: Path | None, stage: str):
+def train_stage(job: JobConfig, data: EimfData, labels: Path | None, stage: str):
     """One training run of the loop + test evaluation; ``(model, report)`` with the artefact in
     ``out_dir/stage``. ``labels``: a labels table file (ESIM), or None (IBIM alone)."""
     from distrec.data.storage import write_parquet_file
@@ -110,7 +97,7 @@ def train_stage(job: EimfJobConfig, data: EimfData, labels: Path | None, stage: 
     from distrec.storage_uri import local_copy, locate
     from distrec.train.launcher import run_job
 
-    out = Path(job.out_dir) / stage
+    out = Path(job.eimf.out_dir) / stage
     started = time.perf_counter()
     run = run_job(eimf_job(job, labels, stage), prepared=data.folder)
     train_wall = time.perf_counter() - started
@@ -147,7 +134,7 @@ def read_labels(path: str | Path) -> pa.Table:
     return pq.read_table(path)
 
 
-def run_train(job: EimfJobConfig, labels_path: str | Path | None = None) -> dict:
+def run_train(job: JobConfig, labels_path: str | Path | None = None) -> dict:
     """``distrec eimf train``: one Ray Train run (ESIM when a labels table is given) + test metrics."""
     from distrec.train.launcher import loopback_env
 
@@ -160,11 +147,11 @@ def run_train(job: EimfJobConfig, labels_path: str | Path | None = None) -> dict
     return report
 
 
-def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, encoder=None) -> tuple[pa.Table, dict]:
+def label_stage(job: JobConfig, model, data: EimfData, generate_fn=None, encoder=None) -> tuple[pa.Table, dict]:
     """Typical users (k-means on ``model``'s interests) -> LLM labels -> phrase vectors.
 
-    Writes ``typical_users.parquet`` and ``labels.parquet`` in ``job.out_dir`` (each whole or
-    not at all). ``generate_fn`` / ``encoder`` replace the LLM / ``job.encoder`` (see
+    Writes ``typical_users.parquet`` and ``labels.parquet`` in ``job.eimf.out_dir`` (each whole or
+    not at all). ``generate_fn`` / ``encoder`` replace the LLM / ``job.eimf.encoder`` (see
     :func:`~distrec.interests.labelling.label_typical_users`)."""
     from distrec.data.storage import write_parquet_file
     from distrec.interests.labelling import label_typical_users
@@ -172,13 +159,13 @@ def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, enc
     from distrec.interests.typical_users import select_from_model
     from distrec.retrieval.encoders import make_encoder
 
-    out = Path(job.out_dir)
+    out = Path(job.eimf.out_dir)
     cfg = job.eimf
     t0 = time.perf_counter()
     selection = select_from_model(model, data.train, data.items, cfg.selection)
     write_parquet_file(selection.to_table(), out / "typical_users.parquet")
     select_s = time.perf_counter() - t0
-    encoder = encoder or make_encoder(job.encoder).encode
+    encoder = encoder or make_encoder(job.eimf.encoder).encode
     labels, stats = label_typical_users(selection, data.train, data.items, encoder, cfg.label,
                                         out_path=out / "labels.parquet", generate_fn=generate_fn)
     info = {
@@ -193,7 +180,7 @@ def label_stage(job: EimfJobConfig, model, data: EimfData, generate_fn=None, enc
     return labels, info
 
 
-def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, encoder=None) -> dict:
+def run_label(job: JobConfig, model_path: str | Path, generate_fn=None, encoder=None) -> dict:
     """``distrec eimf label``: a trained backbone's typical users, labelled by the LLM.
 
     The staged alternative to :func:`run_experiment`: ``eimf train`` -> ``eimf label --model
@@ -205,22 +192,22 @@ def run_label(job: EimfJobConfig, model_path: str | Path, generate_fn=None, enco
     loopback_env(job.ray)
     model, _, _ = load_eimf(model_path, heads=False)
     data = load_data(job)
-    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    Path(job.eimf.out_dir).mkdir(parents=True, exist_ok=True)
     init_ray(job.ray)
     _, info = label_stage(job, model, data, generate_fn, encoder)
     info["model"] = str(model_path)
-    atomic.write_text(Path(job.out_dir) / "labelling.json", json.dumps(info, indent=2, default=float) + "\n")
+    atomic.write_text(Path(job.eimf.out_dir) / "labelling.json", json.dumps(info, indent=2, default=float) + "\n")
     return info
 
 
-def run_experiment(job: EimfJobConfig, generate_fn=None, encoder=None) -> dict:
+def run_experiment(job: JobConfig, generate_fn=None, encoder=None) -> dict:
     """All stages (module doc); returns and writes ``results.json`` + ``results.md`` in ``out_dir``."""
     from distrec.eval.environment import run_environment
     from distrec.train.launcher import init_ray, loopback_env
 
     started = time.perf_counter()
     loopback_env(job.ray)
-    out = Path(job.out_dir)
+    out = Path(job.eimf.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = load_data(job)
@@ -282,4 +269,4 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EimfJobConfig", "load_data", "load_eimf_job", "results_markdown", "run_experiment", "run_train"]
+__all__ = ["eimf_job", "load_data", "load_eimf_job", "results_markdown", "run_experiment", "run_train"]

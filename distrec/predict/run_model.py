@@ -43,7 +43,7 @@ def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.
     from distrec.model.rellax import add_spa_tokens, assemble
     from distrec.storage_uri import local_copy, locate
     from distrec.train.checkpoint import SELECTED, load_selected
-    from distrec.train.loop import make_task
+    from distrec.train.builders.causal_lm import make_task
 
     torch.manual_seed(job.train.seed)
     tokenizer = load_tokenizer(job.model)

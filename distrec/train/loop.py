@@ -8,7 +8,6 @@ best validation state -> export (adapter, DIN folder) -> test predictions.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -23,7 +22,7 @@ from distrec.config import JobConfig, job_config_from_dict
 from distrec.storage_uri import Staging, locate
 from distrec.train import faults
 from distrec.train.checkpoint import SELECTED, TrainState, load_selected, restore, save_and_report, save_selected
-from distrec.train.data_stream import eval_batches, n_rows, padding_counts, take, train_micro_batches
+from distrec.train.data_stream import eval_batches, n_rows, padding_counts, train_micro_batches
 from distrec.train.row_source import ShardRows
 from distrec.train.step_timer import StepTimer
 from distrec.train.strategy import steps_per_epoch

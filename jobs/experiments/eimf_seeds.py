@@ -3,7 +3,7 @@
     .venv/bin/python jobs/experiments/eimf_seeds.py [--config jobs/eimf_ml100k.yaml]
         [--seeds 42,43,44,45,46] [--out runs/eimf-seeds] [--resamples 2000] [key=value ...]
 
-Each seed is one ``distrec eimf experiment`` (``eimf.train.seed=<s>``, ``out_dir=<out>/seed<s>``);
+Each seed is one ``distrec eimf experiment`` (``eimf.train.seed=<s>``, ``eimf.out_dir=<out>/seed<s>``);
 a seed whose ``results.json`` already exists there is read, not re-run. The typical-user
 selection seed (``eimf.selection.seed``) stays as configured, so the seeds vary the training
 initialisation, batch order and negatives of both rows alike. One seed's Δ is noisy: the two
@@ -37,7 +37,7 @@ def seed_results(config: str, overrides: list[str], seed: int, out: Path) -> dic
         return json.loads((folder / "results.json").read_text())
     from distrec.interests.pipeline import load_eimf_job, run_experiment
 
-    job = load_eimf_job(config, [*overrides, f"eimf.train.seed={seed}", f"out_dir={folder}"])
+    job = load_eimf_job(config, [*overrides, f"eimf.train.seed={seed}", f"eimf.out_dir={folder}"])
     return run_experiment(job)
 
 
