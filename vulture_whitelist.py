@@ -20,6 +20,6 @@ _.pad_token, _.padding_side, _.truncation_side, _._hf_ds_config  # noqa: F821
 _.variance, _.llm_time_s, _.encode_time_s, _.wall_time_s, _.adapter_flops  # noqa: F821
 _.axis  # noqa: F821  (scipy.stats.bootstrap passes it to the statistic)
 
-# Library functions only the tests call today (oracles and accessors; issue 15 item 4).
-_.CTR_NAMES, _.read_hparams, _.score_all, _.brute_force_topn, _.serving_model  # noqa: F821
-_.generator_parameter_count, _.find_instance_context, _.eval_loss, _.add_sums, _.dense_params  # noqa: F821
+# Public accessors only the tests call today (a reader, the serving model, formulas users may want).
+_.CTR_NAMES, _.read_hparams, _.serving_model  # noqa: F821
+_.generator_parameter_count, _.find_instance_context, _.dense_params  # noqa: F821

@@ -64,3 +64,48 @@ def test_smollm2_loads_partitioned_and_equal_to_its_checkpoint(tmp_path):
     for name, (_, full) in ranks[0]["shares"].items():
         held = [r["shares"][name][0] for r in ranks]
         assert all(h <= -(-full // 2) for h in held) and sum(held) >= full, (name, held, full)
+
+
+def _random_init(rank: int, world: int, port: int, out: str, spec: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from distrec.config import load_job_config
+    from distrec.model.backbone import build_model
+    from distrec.train.strategy import DeepSpeedStrategy
+
+    job = load_job_config(None, ["model.name_or_path=tiny", "model.init=random", f"model.tiny={spec}"])
+    strategy = DeepSpeedStrategy(job.deepspeed, job.train, use_gpu=False)
+    torch.manual_seed(1234)
+    with strategy.model_init_context():
+        model = build_model(job.model)
+    params = dict(model.named_parameters())
+    shares = {n: strategy.local_numel(p) for n, p in params.items()}
+    name = "model.layers.1.mlp.up_proj.weight"
+    with strategy.gathered([params[name]]):
+        whole = params[name].detach().clone()
+    torch.save({"shares": shares, "whole": whole, "config": model.config.to_dict()}, Path(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_random_init_builds_any_size_partitioned_without_writing_weights(tmp_path):
+    """``model.init: random`` with a ``tiny`` spec: built under ZeRO-3 init on 2 ranks (each
+    holds about half of every parameter), the same weights on both ranks, and no model folder
+    written for it (only SmolLM2's tokenizer folder is used)."""
+    from distrec.paths import models_dir
+
+    shared_home()
+    spec = "{hidden_size: 96, intermediate_size: 256, num_hidden_layers: 3, num_attention_heads: 4, num_key_value_heads: 4}"
+    before = {p.name for p in models_dir().iterdir()}
+    mp.spawn(_random_init, args=(2, _free_port(), str(tmp_path), spec), nprocs=2, join=True)
+    assert {p.name for p in models_dir().iterdir()} == before
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["config"]["hidden_size"] == 96 and ranks[0]["config"]["num_hidden_layers"] == 3
+    assert ranks[0]["whole"].shape == (256, 96) and torch.equal(ranks[0]["whole"], ranks[1]["whole"])
+    assert ranks[0]["whole"].std() > 0
+    for name, (_, full) in ranks[0]["shares"].items():
+        held = [r["shares"][name][0] for r in ranks]
+        assert all(h <= -(-full // 2) for h in held) and sum(held) >= full, (name, held, full)

@@ -5,6 +5,7 @@ left-padded single-forward plumbing on a tiny random Llama (no downloads)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -13,11 +14,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from distrec.objectives.cft import (
     IGNORE_INDEX,
-    add_sums,
     cft_logits,
     cft_loss_sums,
     combine,
-    eval_loss,
     keep_length,
     label_normalisers,
     response_labels,
@@ -366,3 +365,21 @@ def test_cft_logits_end_to_end_backward(llama):
     bad[0, -2] = 3
     with pytest.raises(ValueError):
         cft_logits(llama, f_ids, f_mask, f_lab, cf_ids, cf_mask, PAD, cf_labels=bad)
+
+
+def eval_loss(
+    sums: Mapping[str, torch.Tensor],
+    weight_both: bool = True,
+    normalisers: Mapping[str, torch.Tensor | float] | None = None,
+) -> torch.Tensor:
+    """The oracle of the evaluation loss: = ``L_n`` only (the authors add ``L_c`` only in training); weighted as
+    in training when ``weight_both`` (the authors' eval loss carries the weights too)."""
+    return combine(sums, lam=0.0, weight_both=weight_both, normalisers=normalisers)
+
+
+def add_sums(*parts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key-wise sum of several :func:`cft_loss_sums` / :func:`label_normalisers` dicts."""
+    if not parts:
+        raise ValueError("add_sums needs at least one dict")
+    keys = parts[0].keys()
+    return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in keys}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import copy
 import math
 
@@ -29,7 +31,6 @@ from distrec.config.eimf import (
     eimf_config_from_dict,
 )
 from distrec.interests.evaluate import (
-    brute_force_topn,
     evaluate_retrieval,
     merged_topn,
     retrieval_metrics,
@@ -428,3 +429,16 @@ def test_config_from_dict():
 
     with pytest.raises(ConfigError):
         eimf_config_from_dict({"backbone": {"knd": "sa"}})
+
+
+def brute_force_topn(
+    interests: np.ndarray, items: np.ndarray, n: int, exclude: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle for :func:`merged_topn`: score every item by max over interests, sort."""
+    scores = np.einsum("bkd,nd->bkn", interests, items).max(axis=1).astype(np.float32)
+    if exclude is not None:
+        for i, ex in enumerate(exclude):
+            scores[i, np.asarray(ex, dtype=np.int64)] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : min(n, items.shape[0])]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    return np.where(np.isfinite(top_scores), order, -1).astype(np.int64), top_scores

@@ -90,11 +90,19 @@ class ModelConfig:
     EIMF's multi-interest recommender (``kind: eimf``; the ``eimf`` section, generative samples).
 
     ``name_or_path``: an HF model id, a local folder, ``smollm2-135m`` (the offline GGUF,
-    converted once and cached), or ``tiny`` (a random Llama built from ``tiny``'s kwargs).
+    converted once and cached), or ``tiny`` (a random Llama built from ``tiny``'s LlamaConfig
+    fields, SmolLM2's tokenizer).
+
+    ``init: random`` builds the architecture with fresh random weights directly under ZeRO-3's
+    partitioned init (no weight file is read or written; no rank holds the whole model): for
+    ``tiny``, any size ``tiny`` names (e.g. the Llama-2-7B shape in ``jobs/bench/llama7b_cpu.py``);
+    for a folder or id, its ``config.json`` and tokenizer. For benchmarks and smoke tests of the
+    path, not for results.
     """
 
     kind: Literal["causal_lm", "din", "eimf"] = "causal_lm"
     name_or_path: str = "smollm2-135m"
+    init: Literal["pretrained", "random"] = "pretrained"
     gguf_file: Optional[str] = None
     trust_remote_code: bool = False
     dtype: Literal["fp32", "bf16"] = "fp32"

@@ -132,19 +132,6 @@ def merged_topn(
     return top.astype(np.int64), top_scores
 
 
-def brute_force_topn(
-    interests: np.ndarray, items: np.ndarray, n: int, exclude: Sequence[np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reference for :func:`merged_topn`: score every item by max over interests, sort."""
-    scores = np.einsum("bkd,nd->bkn", interests, items).max(axis=1).astype(np.float32)
-    if exclude is not None:
-        for i, ex in enumerate(exclude):
-            scores[i, np.asarray(ex, dtype=np.int64)] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, : min(n, items.shape[0])]
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    return np.where(np.isfinite(top_scores), order, -1).astype(np.int64), top_scores
-
-
 def retrieval_metrics(topn_item_ids: np.ndarray, targets: np.ndarray, ks: Sequence[int] = (20, 50)) -> dict[str, float]:
     """``recall@K``, ``hr@K``, ``ndcg@K`` (means) from ranked item ids [S, n] and one target each."""
     ranks = recall_at_k(topn_item_ids, targets)

@@ -161,7 +161,10 @@ def save_checkpoint(model, folder: Path) -> None:
 
 
 def tokenizer_dir(cfg: ModelConfig) -> Path:
-    """The folder the tokenizer (and the model) load from; prepares it on first use."""
+    """The folder the tokenizer (and the model) load from; prepares it on first use. A random
+    ``tiny`` borrows SmolLM2's folder: its weights are never written."""
+    if cfg.init == "random" and cfg.name_or_path == "tiny":
+        return resolve_model_dir(ModelConfig(name_or_path=SMOLLM2))
     return resolve_model_dir(cfg)
 
 
@@ -181,22 +184,38 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
+def random_config(cfg: ModelConfig):
+    """The architecture ``model.init: random`` builds: ``tiny``'s LlamaConfig (vocabulary of
+    SmolLM2's tokenizer), else the named folder's or id's ``config.json``."""
+    if cfg.name_or_path == "tiny":
+        vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir(cfg)))
+        return LlamaConfig(tie_word_embeddings=True, **{"vocab_size": vocab, **TINY_DEFAULTS, **cfg.tiny})
+    return AutoConfig.from_pretrained(resolve_model_dir(cfg), trust_remote_code=cfg.trust_remote_code)
+
+
 def build_model(cfg: ModelConfig):
-    """Instantiate the backbone (inside whatever ZeRO-3 context the caller set up)."""
-    model_dir = resolve_model_dir(cfg)
+    """Instantiate the backbone (inside whatever ZeRO-3 context the caller set up): its weights
+    from ``name_or_path``, or, with ``model.init: random``, fresh ones from the global RNG."""
+    model_dir = tokenizer_dir(cfg)
     try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+        config = random_config(cfg) if cfg.init == "random" else AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=cfg.trust_remote_code)
         # HF's weight init zeroes the embedding's padding row; under ZeRO-3 partitioned init
         # that row is not on this rank and init fails. The row only matters for training the
         # embedding of pad tokens, which sit behind the attention mask, so it is dropped.
         config.pad_token_id = None
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            config=config,
-            dtype=torch_dtype(cfg.dtype),
-            trust_remote_code=cfg.trust_remote_code,
-            attn_implementation=cfg.attn_implementation,
-        )
+        if cfg.init == "random":
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype),
+                                                     trust_remote_code=cfg.trust_remote_code,
+                                                     attn_implementation=cfg.attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                config=config,
+                dtype=torch_dtype(cfg.dtype),
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation,
+            )
     except OSError as exc:
         raise ModelError(f"model.name_or_path: cannot load a model from {model_dir}: {exc}") from None
     if cfg.gradient_checkpointing:

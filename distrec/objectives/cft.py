@@ -359,21 +359,3 @@ def combine(
     if lam == 0:
         return ln
     return ln + lam * sums["lc_sum"] / w_total
-
-
-def eval_loss(
-    sums: Mapping[str, torch.Tensor],
-    weight_both: bool = True,
-    normalisers: Mapping[str, torch.Tensor | float] | None = None,
-) -> torch.Tensor:
-    """Evaluation loss = ``L_n`` only (the authors add ``L_c`` only in training); weighted as
-    in training when ``weight_both`` (the authors' eval loss carries the weights too)."""
-    return combine(sums, lam=0.0, weight_both=weight_both, normalisers=normalisers)
-
-
-def add_sums(*parts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Key-wise sum of several :func:`cft_loss_sums` / :func:`label_normalisers` dicts."""
-    if not parts:
-        raise ValueError("add_sums needs at least one dict")
-    keys = parts[0].keys()
-    return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in keys}

@@ -76,8 +76,7 @@ class EimfTask:
     def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:
         b = self._batch(batch)
         module = engine.module if hasattr(engine, "module") else engine
-        interests = module.backbone(b["hist"], b["mask"])  # [B, K, d]
-        scores = torch.einsum("bkd,nd->bkn", interests, module.backbone.item_vectors()).amax(dim=1)  # [B, N]
+        scores = module.backbone.score_all(b["hist"], b["mask"])  # [B, N]: max over interests
         target = b["target"] - 1
         if self.cfg.eval.exclude_history:
             seen = torch.zeros_like(scores, dtype=torch.bool)

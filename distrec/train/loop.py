@@ -24,6 +24,7 @@ from distrec.train import faults
 from distrec.train.checkpoint import SELECTED, TrainState, load_selected, restore, save_and_report, save_selected
 from distrec.train.data_stream import eval_batches, n_rows, padding_counts, train_micro_batches
 from distrec.train.row_source import ShardRows
+from distrec.train.monitor import peak_memory_bytes
 from distrec.train.step_timer import StepTimer
 from distrec.train.strategy import steps_per_epoch
 
@@ -97,11 +98,15 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
         best = _train(ctx, state, train_rows, splits.get("valid"), per_epoch, total_steps, best)
         if not state.finished(total_steps):  # paused by train.stop_at_step
             monitor.close()
+            _record_memory(run_dir, strategy.rank, f"paused_at_{state.step}")
+            staging.push("diagnostics")
             return
         if best is not None:
             _assign(strategy, model, best)
         save_selected(best if best is not None else _snapshot(ctx), run_dir, strategy.is_rank0)
+        started = time.perf_counter()
         built.export(run_dir)
+        monitor.scalars(state.step, {"time/export_s": time.perf_counter() - started})  # gathers under ZeRO-3
     results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
     if "test" in splits and built.test_extras is not None:
         results["test"].update(built.test_extras(ctx, splits["test"], Path(loop_config["prepared_dir"])))
@@ -115,6 +120,8 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
         monitor.hparams({**_hparams(job), "config_hash": environment["config_hash"]},
                         {f"hparam/{s}_{k}": v for s, m in results.items() for k, v in m.items()})
     monitor.close()
+    _record_memory(run_dir, strategy.rank, mode)
+    staging.push("diagnostics")
     marker = f"metrics_{mode}.json"  # written and published last: its presence means "finished"
     if strategy.is_rank0:
         locate(run_dir / marker).write_text(json.dumps({**results, "environment": environment}, indent=2))
@@ -293,9 +300,12 @@ def _write_partition_report(strategy, module, folder: Path) -> None:
     (folder / f"partition_rank{strategy.rank}.json").write_text(json.dumps(report))
 
 
-def _peak_memory() -> dict[str, float]:
-    from distrec.train.monitor import peak_memory_bytes
+def _record_memory(run_dir: Path, rank: int, tag: str) -> None:
+    """This rank's peak memory so far (bytes) in ``diagnostics/memory_rank<r>_<tag>.json``."""
+    (run_dir / "diagnostics" / f"memory_rank{rank}_{tag}.json").write_text(json.dumps(peak_memory_bytes()))
 
+
+def _peak_memory() -> dict[str, float]:
     return {f"{k}_gib": v / 2**30 for k, v in peak_memory_bytes().items()}
 
 
