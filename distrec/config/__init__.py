@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from distrec import config_loader
 from distrec.errors import ConfigError
@@ -108,7 +108,7 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16"] = "fp32"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
-    tiny: dict[str, int] = field(default_factory=dict)
+    tiny: dict[str, Union[int, float]] = field(default_factory=dict)  # LlamaConfig fields
 
 
 @dataclass
