@@ -93,7 +93,7 @@ def to_dict(obj: Any) -> Any:
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if tp is Any:
+    if tp is Any or tp is object:  # free-form values (deepspeed.extra): passed on as written
         return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:

@@ -70,3 +70,24 @@ def test_shipped_smoke_and_tiny_jobs_load():
     smoke = load_job_config(REPO / "jobs" / "smoke.yaml")
     assert (smoke.model.name_or_path, smoke.ray.num_workers, smoke.deepspeed.zero_stage) == ("smollm2-135m", 2, 3)
     assert load_job_config(REPO / "jobs" / "tiny.yaml").model.name_or_path == "tiny"
+
+
+def test_deepspeed_extra_merges_into_nested_sections():
+    """``deepspeed.extra`` changes the keys it names and keeps the rest of a section."""
+    from distrec.config import DeepSpeedConfig, TrainConfig
+    from distrec.train.strategy import build_ds_config
+
+    extra = {"zero_optimization": {"stage3_max_live_parameters": 100_000_000}, "steps_per_print": 5}
+    cfg = build_ds_config(DeepSpeedConfig(extra=extra), TrainConfig(micro_batch_size=2, grad_accum=3), world_size=2)
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_prefetch_bucket_size"] == 50_000_000
+    assert zero["stage3_max_live_parameters"] == 100_000_000 and cfg["steps_per_print"] == 5
+    assert cfg["train_batch_size"] == 12
+
+
+def test_deepspeed_extra_takes_nested_sections_from_yaml_and_overrides(tmp_path):
+    from distrec.config import load_job_config
+
+    (tmp_path / "job.yaml").write_text("deepspeed:\n  extra:\n    zero_optimization:\n      stage3_max_live_parameters: 5\n")
+    job = load_job_config(tmp_path / "job.yaml", ["deepspeed.extra.steps_per_print=7"])
+    assert job.deepspeed.extra == {"zero_optimization": {"stage3_max_live_parameters": 5}, "steps_per_print": 7}

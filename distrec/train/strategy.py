@@ -32,7 +32,9 @@ def disable_cpu_shm_allreduce_build() -> None:
 
 
 def build_ds_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: int) -> dict[str, Any]:
-    """DeepSpeed config dict from the typed sections. ``ds.extra`` is merged last, as given."""
+    """DeepSpeed config dict from the typed sections. ``ds.extra`` is merged last, key by key
+    into nested sections (``{zero_optimization: {stage3_max_live_parameters: 1e8}}`` changes
+    that one key)."""
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 2:
         zero.update(overlap_comm=False, contiguous_gradients=True)
@@ -57,8 +59,14 @@ def build_ds_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: int) ->
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    config.update(ds.extra)
-    return config
+    return _merged(config, ds.extra)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int, decay: bool = True):

@@ -40,6 +40,10 @@ def overrides(storage: Path, steps: int, pause: int | None, layers: int) -> list
         "prompt.history_k=3", "prompt.max_length=160",
         "model.name_or_path=tiny", "model.init=random", f"model.tiny={spec}", "model.dtype=bf16",
         "deepspeed.zero_stage=3", "deepspeed.precision=bf16",
+        # At most ~100M gathered parameters alive at once (DeepSpeed's default, 1e9, is 2 GB of
+        # bf16 per rank: two ranks of a 7B model would not fit in 24 GiB with it).
+        "deepspeed.extra={zero_optimization: {stage3_max_live_parameters: 100000000, "
+        "stage3_max_reuse_distance: 100000000}}",
         "adapter.kind=cflora", "adapter.cflora.mode=generated", "adapter.r=8",
         "train.micro_batch_size=1", "train.grad_accum=1", f"train.max_steps={steps}", "train.checkpoint_every=1",
         "train.eval_every=1000", "train.prompt_samples_to_log=0", "eval.batch_size=1", "eval.max_samples=2",
