@@ -43,11 +43,14 @@ def overrides(storage: Path, steps: int, pause: int | None, layers: int) -> list
         # At most ~100M gathered parameters alive at once (DeepSpeed's default, 1e9, is 2 GB of
         # bf16 per rank: two ranks of a 7B model would not fit in 24 GiB with it).
         "deepspeed.extra={zero_optimization: {stage3_max_live_parameters: 100000000, "
-        "stage3_max_reuse_distance: 100000000}}",
+        "stage3_max_reuse_distance: 100000000, reduce_bucket_size: 50000000}}",
         "adapter.kind=cflora", "adapter.cflora.mode=generated", "adapter.r=8",
         "train.micro_batch_size=1", "train.grad_accum=1", f"train.max_steps={steps}", "train.checkpoint_every=1",
         "train.eval_every=1000", "train.prompt_samples_to_log=0", "eval.batch_size=1", "eval.max_samples=2",
         "ray.num_workers=2", f"ray.storage_path={storage}", "ray.run_name=llama7b", "ray.num_to_keep=1",
+        # glibc's dynamic mmap threshold climbs to 32 MB after the first freed gather, and the
+        # heap then keeps the gathered layers' memory; a fixed 1 MB threshold returns it.
+        "ray.worker_env={MALLOC_MMAP_THRESHOLD_: '1048576', MALLOC_TRIM_THRESHOLD_: '1048576'}",
     ]
     return out + ([f"train.stop_at_step={pause}"] if pause else [])
 
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--record", action="store_true", help="append the figures to RESULTS.md")
     args = parser.parse_args(argv)
 
+    import os
+
+    os.environ.setdefault("RAY_memory_usage_threshold", "0.98")  # the local Ray's OOM killer: 2 ranks of 7B fill 24 GiB
     from distrec.config import load_job_config
     from distrec.eval.tensorboard import read_scalars
     from distrec.train.launcher import run_job
