@@ -49,7 +49,7 @@ def test_make_adapter_passes_the_crm_width_and_cflora_options():
     job = load_job_config(TINY, ["adapter.kind=cflora", "adapter.cflora.mode=static", "adapter.cflora.g_init=identity"])
     adapter = make_adapter(job.adapter, d_instance=48)
     assert adapter.kind == "cflora"
-    assert (adapter.cfg.d_instance, adapter.cfg.mode, adapter.cfg.g_init, adapter.cfg.r) == (48, "static", "identity", 4)
+    assert (adapter.d_instance, adapter.cfg.cflora.mode, adapter.cfg.cflora.g_init, adapter.cfg.r) == (48, "static", "identity", 4)
 
 
 # ------------------------------------------------------------------------------- SPA prompts
