@@ -58,7 +58,7 @@ def mergeable_problems(job: JobConfig, adapter_dir: Path | None = None) -> list[
         if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
             from distrec.model.adapters.cflora import CFLoraAdapter
 
-            mode = CFLoraAdapter.read_config(adapter_dir).mode
+            mode = CFLoraAdapter.read_config(adapter_dir)[0].cflora.mode
         if mode == "generated":
             problems.append(
                 "CFLoRA with adapter.cflora.mode 'generated' computes its r×r interaction G_u per instance "

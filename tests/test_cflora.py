@@ -13,14 +13,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import tiny_llama
+from tiny_models import cflora_adapter, tiny_llama
 from torch import nn
 from transformers import LlamaForCausalLM
 
 from distrec.errors import ModelError
 from distrec.model.adapters.cflora import (
     CFLoraAdapter,
-    CFLoraConfig,
     CFLoraLinear,
     InstanceContext,
     InteractionGenerator,
@@ -51,7 +50,7 @@ def randomise_b(model: nn.Module, seed: int = 3) -> None:
 
 
 def cflora(mode: str, **kw) -> tuple[LlamaForCausalLM, CFLoraAdapter]:
-    adapter = CFLoraAdapter(CFLoraConfig(r=R, alpha=16, mode=mode, d_instance=D_H, **kw))
+    adapter = cflora_adapter(D_H, r=R, alpha=16, mode=mode, **kw)
     return adapter.attach(tiny_llama()).eval(), adapter
 
 
@@ -261,7 +260,7 @@ def test_two_stage_init_from_peft_lora(tmp_path):
     _, zero_dir = peft_export(tmp_path / "z", zero_b=True)
     with pytest.raises(ModelError, match="all zeros"):
         cflora("generated", freeze_ab=True, lora_init_dir=str(zero_dir))
-    wrong_r = CFLoraAdapter(CFLoraConfig(r=4, alpha=8, mode="identity", d_instance=D_H, lora_init_dir=str(lora_dir)))
+    wrong_r = cflora_adapter(D_H, r=4, alpha=8, mode="identity", lora_init_dir=str(lora_dir))
     with pytest.raises(ModelError, match="must match"):
         wrong_r.attach(tiny_llama())
 
@@ -300,7 +299,7 @@ def test_export_load_round_trip(tmp_path):
     assert meta["mode"] == "generated" and meta["d_instance"] == D_H
     assert meta["target_modules"] == ["q_proj", "v_proj"]
 
-    fresh = CFLoraAdapter(CFLoraConfig(mode="static"))  # the folder's own config wins
+    fresh = cflora_adapter(mode="static")  # the folder's own config wins
     loaded = fresh.load(tiny_llama(), out).eval()
     assert not any(p.requires_grad for p in loaded.parameters())
     x, h = ids(), torch.randn(3, D_H)
@@ -310,7 +309,7 @@ def test_export_load_round_trip(tmp_path):
 
 def test_export_refuses_missing_or_empty_tensors(tmp_path):
     with pytest.raises(ModelError, match="no CFLoRA layers"):
-        CFLoraAdapter(CFLoraConfig(d_instance=D_H)).export(tiny_llama(), tmp_path, no_gather, True)
+        cflora_adapter(D_H).export(tiny_llama(), tmp_path, no_gather, True)
     model, adapter = cflora("generated")
     lay = next(iter(cflora_layers(model).values()))
     lay.lora_A.weight.data = torch.empty(0)  # what an un-gathered ZeRO-3 partition looks like
@@ -337,10 +336,15 @@ def test_merge_equals_unmerged_for_static_g():
 
 
 def test_config_and_attach_validation():
-    with pytest.raises(ValueError, match="mode"):
-        CFLoraConfig(mode="dense")
+    from distrec.config import load_job_config
+    from distrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="adapter.cflora.mode"):
+        load_job_config(None, ["adapter.cflora.mode=dense"])
+    with pytest.raises(ConfigError, match="adapter.dropout"):
+        load_job_config(None, ["adapter.dropout=1.5"])
     with pytest.raises(ModelError, match="not found"):
-        CFLoraAdapter(CFLoraConfig(target_modules=["nope_proj"])).attach(tiny_llama())
+        cflora_adapter(target_modules=["nope_proj"]).attach(tiny_llama())
     model, adapter = cflora("identity")
     with pytest.raises(ModelError, match="already"):
         adapter.attach(model)

@@ -113,7 +113,8 @@ def test_lora_merged_loads_without_distrec_and_matches_peft(tmp_path):
 
 
 def test_cflora_static_g_merges_to_the_unmerged_layers(tmp_path):
-    from distrec.model.adapters.cflora import CFLoraAdapter, CFLoraConfig
+    from tiny_models import cflora_adapter
+
 
     run = make_run(tmp_path, "adapter.kind=cflora", "adapter.cflora.mode=static")
     out = tmp_path / "served"
@@ -121,7 +122,7 @@ def test_cflora_static_g_merges_to_the_unmerged_layers(tmp_path):
     from transformers import AutoModelForCausalLM
 
     merged = logits(AutoModelForCausalLM.from_pretrained(out).eval())
-    unmerged = logits(CFLoraAdapter(CFLoraConfig()).load(base_model(), run / "adapter").eval())
+    unmerged = logits(cflora_adapter().load(base_model(), run / "adapter").eval())
     scale = max(1.0, float(np.max(np.abs(unmerged))))
     assert np.max(np.abs(merged - unmerged)) <= 1e-5 * scale, (np.max(np.abs(merged - unmerged)), scale)
     assert np.max(np.abs(unmerged - logits(base_model()))) > 1e-2

@@ -49,7 +49,7 @@ def test_make_adapter_passes_the_crm_width_and_cflora_options():
     job = load_job_config(TINY, ["adapter.kind=cflora", "adapter.cflora.mode=static", "adapter.cflora.g_init=identity"])
     adapter = make_adapter(job.adapter, d_instance=48)
     assert adapter.kind == "cflora"
-    assert (adapter.cfg.d_instance, adapter.cfg.mode, adapter.cfg.g_init, adapter.cfg.r) == (48, "static", "identity", 4)
+    assert (adapter.d_instance, adapter.cfg.cflora.mode, adapter.cfg.cflora.g_init, adapter.cfg.r) == (48, "static", "identity", 4)
 
 
 # ------------------------------------------------------------------------------- SPA prompts
@@ -146,7 +146,9 @@ def test_crm_inputs_equal_din_run_by_hand(din_folder):
 
 
 def test_instance_context_reaches_cflora_in_forward_and_recomputed_backward(din_folder, one_thread):
-    from distrec.model.adapters.cflora import CFLoraAdapter, CFLoraConfig, cflora_layers
+    from tiny_models import cflora_adapter
+
+    from distrec.model.adapters.cflora import cflora_layers
     from distrec.model.crm.features import CrmFeatures
     from distrec.model.rellax import BatchConditioning
 
@@ -154,7 +156,7 @@ def test_instance_context_reaches_cflora_in_forward_and_recomputed_backward(din_
     model = tiny_llama()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    adapter = CFLoraAdapter(CFLoraConfig(r=4, alpha=8, dropout=0.0, mode="generated", d_instance=16))
+    adapter = cflora_adapter(16, r=4, alpha=8, dropout=0.0, mode="generated")
     adapter.attach(model)
     for layer in cflora_layers(model).values():  # non-zero B so that G's gradient is non-zero
         torch.nn.init.normal_(layer.lora_B.weight, std=0.1)

@@ -83,7 +83,8 @@ def test_exported_rellax_reproduces_the_runs_predictions_without_deepspeed(rella
     from distrec.data import storage
     from distrec.data.prompts import Catalog
     from distrec.data.tokenize import ctr_label_ids, tokenize_batch
-    from distrec.model.adapters.cflora import CFLoraAdapter, CFLoraConfig
+    from tiny_models import cflora_adapter
+
     from distrec.model.backbone import build_model, load_tokenizer
     from distrec.model.crm.features import CrmFeatures
     from distrec.model.rellax import BatchConditioning
@@ -97,7 +98,7 @@ def test_exported_rellax_reproduces_the_runs_predictions_without_deepspeed(rella
     tokenizer = load_tokenizer(job.model)
     llm = build_model(job.model)
     ids = add_placeholder_tokens(tokenizer, llm)
-    adapter = CFLoraAdapter(CFLoraConfig())
+    adapter = cflora_adapter()
     adapter.load(llm, run / "adapter")
     projector = Projector(32, 64)
     projector.load_state_dict(load_file(str(run / "spa" / "projector.safetensors")))

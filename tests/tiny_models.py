@@ -12,3 +12,15 @@ def tiny_llama(seed: int = 0, vocab_size: int = 100, num_hidden_layers: int = 2)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_hidden_layers,
                       num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
     return LlamaForCausalLM(cfg).eval()
+
+
+def cflora_adapter(d_instance: int = 256, **fields):
+    """A CFLoRA adapter from ``adapter`` fields (r, alpha, dropout, target_modules) and
+    ``adapter.cflora`` options (mode, g_init, freeze_ab, lora_init_dir) given together."""
+    from distrec.config import AdapterConfig, CFLoraOptions
+    from distrec.model.adapters.cflora import CFLoraAdapter
+
+    option_names = {"mode", "g_init", "freeze_ab", "lora_init_dir"}
+    options = CFLoraOptions(**{k: v for k, v in fields.items() if k in option_names})
+    cfg = AdapterConfig(kind="cflora", cflora=options, **{k: v for k, v in fields.items() if k not in option_names})
+    return CFLoraAdapter(cfg, d_instance)

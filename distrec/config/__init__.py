@@ -116,10 +116,11 @@ class CFLoraOptions:
     """CFLoRA-only settings (``adapter.kind: cflora``); r, alpha, dropout and targets are shared.
 
     ``mode``: ``generated`` (G per instance from the CRM representation, the authors' code),
-    ``static`` (one learned r×r matrix), ``identity`` (G = I: plain LoRA), ``zero`` (base model).
+    ``static`` (one learned r×r matrix), ``identity`` (G = I: plain LoRA), ``zero`` (base model),
+    ``fixed`` (a caller-supplied G: tests and ablations in Python).
     """
 
-    mode: Literal["generated", "static", "identity", "zero"] = "generated"
+    mode: Literal["generated", "static", "identity", "zero", "fixed"] = "generated"
     g_init: Literal["kaiming", "identity"] = "kaiming"  # static mode
     freeze_ab: bool = False  # two-stage regime: A, B from lora_init_dir, frozen
     lora_init_dir: Optional[str] = None  # a PEFT LoRA export (e.g. <run>/distrec/adapter) to start A, B from
@@ -139,6 +140,10 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise ValueError(f"adapter.r must be > 0, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("adapter.target_modules must name at least one module")
 
 
 @dataclass

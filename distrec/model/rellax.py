@@ -52,10 +52,10 @@ def assemble(job: JobConfig, llm: torch.nn.Module, tokenizer, adapter, crm_dir: 
 
         raise ModelError("this job needs a trained CRM (spa.enabled or CFLoRA mode 'generated') but none was given")
     crm = CrmFeatures(crm_dir, device)
-    if job.cflora_generated and adapter.cfg.d_instance != crm.hidden_size:
+    if job.cflora_generated and adapter.d_instance != crm.hidden_size:
         from distrec.errors import ModelError
 
-        raise ModelError(f"CFLoRA d_instance={adapter.cfg.d_instance} but the CRM in {crm_dir} has hidden_size "
+        raise ModelError(f"CFLoRA d_instance={adapter.d_instance} but the CRM in {crm_dir} has hidden_size "
                          f"{crm.hidden_size}; set crm.hidden_size to the saved CRM's")
     module = llm
     if job.spa.enabled:

@@ -160,9 +160,12 @@ def build(args, device: torch.device):
                                                  target_modules=list(TARGET_MODULES), bias="none",
                                                  task_type="CAUSAL_LM"))
     else:
-        from distrec.model.adapters.cflora import CFLoraAdapter, CFLoraConfig
-        adapter = CFLoraAdapter(CFLoraConfig(r=RANK, alpha=ALPHA, dropout=DROPOUT, target_modules=list(TARGET_MODULES),
-                                             mode=args.cflora_mode, d_instance=args.d_instance))
+        from distrec.config import AdapterConfig, CFLoraOptions
+        from distrec.model.adapters.cflora import CFLoraAdapter
+
+        cfg = AdapterConfig(kind="cflora", r=RANK, alpha=ALPHA, dropout=DROPOUT, target_modules=list(TARGET_MODULES),
+                            cflora=CFLoraOptions(mode=args.cflora_mode))
+        adapter = CFLoraAdapter(cfg, d_instance=args.d_instance)
         model = adapter.attach(model)
     model.train()
     return model, adapter

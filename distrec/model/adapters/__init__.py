@@ -27,11 +27,7 @@ def make_adapter(cfg: AdapterConfig, d_instance: int = 256) -> Adapter:
     if cfg.kind == "lora":
         return LoraAdapter(cfg)
     if cfg.kind == "cflora":
-        from distrec.model.adapters.cflora import CFLoraAdapter, CFLoraConfig
+        from distrec.model.adapters.cflora import CFLoraAdapter
 
-        c = cfg.cflora
-        return CFLoraAdapter(CFLoraConfig(
-            r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=list(cfg.target_modules), mode=c.mode,
-            d_instance=d_instance, g_init=c.g_init, freeze_ab=c.freeze_ab, lora_init_dir=c.lora_init_dir,
-        ))
+        return CFLoraAdapter(cfg, d_instance)
     return NoAdapter()

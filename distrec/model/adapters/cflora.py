@@ -44,50 +44,21 @@ import contextlib
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from distrec import atomic
+from distrec.config import AdapterConfig
 from distrec.errors import ModelError
 from distrec.model.adapters.base import Adapter
 
-MODES = ("generated", "static", "identity", "zero", "fixed")
-G_INITS = ("kaiming", "identity")
 PEFT_TYPE = "CFLORA"
+MODES = ("generated", "static", "identity", "zero", "fixed")
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-
-
-@dataclass
-class CFLoraConfig:
-    """CFLoRA settings; built from the job config's ``adapter`` section by ``make_adapter``."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    mode: str = "generated"
-    d_instance: int = 256  # width of h_u: must equal the CRM's hidden size
-    g_init: str = "kaiming"  # static mode only: "kaiming" (as nn.Linear) or "identity"
-    freeze_ab: bool = False  # two-stage regime: A, B from a LoRA stage, frozen
-    lora_init_dir: str | None = None  # PEFT LoRA export to initialise A and B from
-
-    def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ValueError(f"cflora.r must be > 0, got {self.r}")
-        if self.mode not in MODES:
-            raise ValueError(f"cflora.mode must be one of {MODES}, got {self.mode!r}")
-        if self.g_init not in G_INITS:
-            raise ValueError(f"cflora.g_init must be one of {G_INITS}, got {self.g_init!r}")
-        if self.d_instance <= 0:
-            raise ValueError(f"cflora.d_instance must be > 0, got {self.d_instance}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"cflora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("cflora.target_modules must name at least one module")
 
 
 def generator_parameter_count(d_h: int, r: int) -> int:
@@ -357,9 +328,11 @@ class CFLoraAdapter(Adapter):
 
     kind = "cflora"
 
-    def __init__(self, cfg: CFLoraConfig) -> None:
-        self.cfg = cfg
-        self.context = InstanceContext(cfg.d_instance, cfg.r)
+    def __init__(self, cfg: AdapterConfig, d_instance: int = 256) -> None:
+        """``cfg``: the job's ``adapter`` section (``cfg.cflora``: mode, G init, two-stage
+        options); ``d_instance``: the width of h_u, the CRM's hidden size."""
+        self.cfg, self.d_instance = cfg, d_instance
+        self.context = InstanceContext(d_instance, cfg.r)
 
     def instance(self, h_u: torch.Tensor | None = None, *, g: torch.Tensor | None = None):
         """Context manager: the instance representation ``h_u [B, d_instance]`` (or, for mode
@@ -390,13 +363,13 @@ class CFLoraAdapter(Adapter):
             parent_name, _, child = name.rpartition(".")
             parent = inner.get_submodule(parent_name) if parent_name else inner
             layer = CFLoraLinear(
-                base, cfg.r, cfg.alpha, cfg.dropout, cfg.mode, cfg.d_instance,
-                g_init=cfg.g_init, context=self.context,
+                base, cfg.r, cfg.alpha, cfg.dropout, cfg.cflora.mode, self.d_instance,
+                g_init=cfg.cflora.g_init, context=self.context,
             )
             setattr(parent, child, layer)
-        if cfg.lora_init_dir:
-            self.load_lora_ab(inner, cfg.lora_init_dir)
-        if cfg.freeze_ab:
+        if cfg.cflora.lora_init_dir:
+            self.load_lora_ab(inner, cfg.cflora.lora_init_dir)
+        if cfg.cflora.freeze_ab:
             for path, layer in cflora_layers(inner).items():
                 layer.set_freeze_ab(True)
                 layer.check_frozen_b(f"layer {path}")
@@ -481,31 +454,39 @@ class CFLoraAdapter(Adapter):
             "lora_alpha": c.alpha,
             "lora_dropout": c.dropout,
             "target_modules": list(c.target_modules),
-            "mode": c.mode,
-            "d_instance": c.d_instance,
-            "g_init": c.g_init,
-            "freeze_ab": c.freeze_ab,
+            "mode": c.cflora.mode,
+            "d_instance": self.d_instance,
+            "g_init": c.cflora.g_init,
+            "freeze_ab": c.cflora.freeze_ab,
             "bias": "none",
             "task_type": "CAUSAL_LM",
             "format_version": 1,
         }
 
     @staticmethod
-    def read_config(adapter_dir) -> CFLoraConfig:
+    def read_config(adapter_dir) -> tuple[AdapterConfig, int]:
+        """``(adapter section, d_instance)`` an export was trained with; ModelError names the
+        file when it is missing, of another kind, or holds a value the config does not accept."""
+        from distrec import config_loader
+        from distrec.errors import ConfigError
+
         file = Path(adapter_dir) / CONFIG_NAME
         if not file.is_file():
             raise ModelError(f"no {CONFIG_NAME} in {adapter_dir}")
         raw = json.loads(file.read_text())
         if raw.get("peft_type") != PEFT_TYPE:
             raise ModelError(f"{file}: peft_type {raw.get('peft_type')!r}, expected {PEFT_TYPE!r}")
-        known = {f.name for f in fields(CFLoraConfig)}
-        rename = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
-        kwargs = {rename.get(k, k): v for k, v in raw.items() if rename.get(k, k) in known}
-        kwargs["lora_init_dir"] = None
+        section = {"kind": "cflora", "r": raw.get("r"), "alpha": raw.get("lora_alpha"), "dropout": raw.get("lora_dropout"),
+                   "target_modules": raw.get("target_modules"),
+                   "cflora": {k: raw[k] for k in ("mode", "g_init", "freeze_ab") if k in raw}}
         try:
-            return CFLoraConfig(**kwargs)
-        except (TypeError, ValueError) as err:
-            raise ModelError(f"{file}: {err}") from err
+            cfg = config_loader.from_dict(AdapterConfig, section, where=str(file))
+        except ConfigError as err:
+            raise ModelError(str(err)) from None
+        d_instance = raw.get("d_instance")
+        if not isinstance(d_instance, int) or d_instance <= 0:
+            raise ModelError(f"{file}: d_instance must be a positive integer, got {d_instance!r}")
+        return cfg, d_instance
 
     def load(self, model: nn.Module, adapter_dir: Path, trainable: bool = False) -> nn.Module:
         """Attach the CFLoRA export in ``adapter_dir`` (its own config wins) to a fresh backbone.
@@ -517,11 +498,12 @@ class CFLoraAdapter(Adapter):
         weights = Path(adapter_dir) / WEIGHTS_NAME
         if not weights.is_file():
             raise ModelError(f"no {WEIGHTS_NAME} in {adapter_dir}")
-        saved = self.read_config(adapter_dir)
-        self.cfg = CFLoraConfig(**{**asdict(saved), "freeze_ab": False})
-        self.context.d_instance, self.context.r = saved.d_instance, saved.r
+        saved, d_instance = self.read_config(adapter_dir)
+        self.cfg = replace(saved, cflora=replace(saved.cflora, freeze_ab=False))
+        self.d_instance = self.context.d_instance = d_instance
+        self.context.r = saved.r
         self.attach(model)
-        self.cfg.freeze_ab = saved.freeze_ab
+        self.cfg = saved
         state = load_file(str(weights))
         params, buffers = adapter_tensors(model)
         expected = {**params, **buffers}
@@ -534,7 +516,7 @@ class CFLoraAdapter(Adapter):
             with torch.no_grad():
                 target.copy_(state[key].to(device=target.device, dtype=target.dtype))
         for path, layer in cflora_layers(model).items():
-            layer.set_freeze_ab(saved.freeze_ab)
+            layer.set_freeze_ab(saved.cflora.freeze_ab)
             layer.check_frozen_b(f"layer {path} ({adapter_dir})")
             if not trainable:
                 for p in layer.adapter_modules():
