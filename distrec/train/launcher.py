@@ -189,9 +189,10 @@ def run_job(job: JobConfig, mode: str = "train", run_dir: str | Path | None = No
         print(f"run {name} paused at step {job.train.stop_at_step}; run again with ray.run_name={name} to continue")
         return RunResult(run_dir=run_dir, metrics={}, report=None, elapsed_s=time.perf_counter() - started)
     metrics = json.loads(metrics_file.read_text())
+    exported = "adapter" if llm else job.model.kind  # the builder's export: adapter/, din/ or eimf/
     paths = {
         "predictions": str(run / "predictions_test.parquet"),
-        **({"adapter": str(run / "adapter")} if llm else {"din": str(run / "din")}),
+        exported: str(run / exported),
         "checkpoints": str(storage / name),
         "prepared data": str(prepared),
         **({"crm": crm} if crm else {}),

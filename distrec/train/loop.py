@@ -160,7 +160,7 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             timer.start_step()
             started = time.perf_counter()
             # Global loss normalisers of this step (all micro-batches, all ranks) before any forward.
-            norms = {k: strategy.all_reduce_sum(v) for k, v in task.normalisers(micro_batches).items()}
+            norms = strategy.all_reduce_sums(task.normalisers(micro_batches))
             stats: dict[str, float] = {}
             tokens, flops = 0, 0.0
             padded, slots = padding_counts(micro_batches)
@@ -181,11 +181,12 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                                  (int(i) for mb in micro_batches for i in mb["sample_id"]), saved_step)
             elapsed = time.perf_counter() - started
             if state.step % t.log_every == 0 or state.step == total_steps:
-                global_stats = {k: strategy.all_reduce_sum(v) for k, v in sorted(stats.items())}
-                global_tokens = strategy.all_reduce_sum(tokens)
-                global_samples = strategy.all_reduce_sum(samples)
-                global_flops = strategy.all_reduce_sum(flops)
-                global_padding = strategy.all_reduce_sum(padded) / max(strategy.all_reduce_sum(slots), 1.0)
+                # one collective for the step's sums (prefixed so they cannot clash with a task's names)
+                sums = strategy.all_reduce_sums({**{f"task.{k}": v for k, v in stats.items()}, "tokens": tokens,
+                                                 "samples": samples, "flops": flops, "padded": padded, "slots": slots})
+                global_stats = {k.removeprefix("task."): v for k, v in sums.items() if k.startswith("task.")}
+                global_tokens, global_samples, global_flops = sums["tokens"], sums["samples"], sums["flops"]
+                global_padding = sums["padded"] / max(sums["slots"], 1.0)
                 ctx.monitor.scalars(state.step, {
                     **task.step_loss(global_stats, norms),
                     "train/lr": strategy.lr(),

@@ -220,10 +220,12 @@ class DeepSpeedStrategy:
             raise ModelError(f"checkpoint {directory}/{tag} could not be loaded")
 
     # --- collectives ----------------------------------------------------------------------
-    def all_reduce_sum(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+    def all_reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over all ranks, in one collective (float64; every rank passes the same keys)."""
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t.item())
+        return dict(zip(keys, t.tolist()))
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
