@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -321,8 +320,6 @@ def eimf_experiment(
     except DistrecError as exc:
         _fail(exc)
     typer.echo((Path(job.eimf.out_dir) / "results.md").read_text())
+
+
 app.add_typer(eimf_app, name="eimf")
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(app())

@@ -180,7 +180,7 @@ def test_one_worker_with_esim_equals_single_process(runs, samples, items, labels
 
 
 def test_two_workers_equal_single_process_on_the_global_batch(runs, samples, items, labels):
-    """2 ranks x 16 rows, DDP-averaged, = one process on the 32-row global batch (same negatives)."""
+    """2 ranks x 16 rows, gradient-averaged, = one process on the 32-row global batch (same negatives)."""
     ref, ref_m = train_eimf(samples, items, cfg_of())
     two, two_m, _ = runs("w2", samples, items, labels)
     assert two_m["steps"] == 18 and two_m["world_size"] == 2
@@ -378,7 +378,7 @@ def test_cli_label_names_a_missing_model(prepared, tmp_path):
 @pytest.mark.slow
 def test_experiment_end_to_end(ray_local, prepared, tmp_path):
     """prepare (a synthetic prepared folder) -> IBIM -> k-means -> LLM stage (a fake LLM that
-    names the genres in the prompt) -> IBIM + ESIM on 2 DDP ranks -> table."""
+    names the genres in the prompt) -> IBIM + ESIM on 2 ranks -> table."""
     from distrec.config import JobConfig, ModelConfig
     from distrec.interests.pipeline import run_experiment
 
@@ -408,7 +408,7 @@ def test_experiment_end_to_end(ray_local, prepared, tmp_path):
 
 
 def test_golden_per_step_losses_of_the_eimf_toy_run(runs, samples, items, labels):
-    """2 DDP workers, 2 epochs of 9 global batches, fp32 (tests/golden.py)."""
+    """2 workers, 2 epochs of 9 global batches, fp32 (tests/golden.py)."""
     from golden import check
 
     _, metrics, _ = runs("w2", samples, items, labels)

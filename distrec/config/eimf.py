@@ -2,8 +2,8 @@
 
 Every open design choice of EIMF (methods.md §2.3) is a field here, so a later reading of the
 paper changes defaults, not code. Fields follow :mod:`distrec.config_loader`'s supported
-annotations (bool, int, float, str, Optional, list, Literal, nested dataclasses), so the lead
-can merge :class:`EimfConfig` into ``JobConfig`` as is. Tags: [P] paper, [C] ComiRec's public
+annotations (bool, int, float, str, Optional, list, Literal, nested dataclasses); :class:`EimfConfig`
+is the job config's ``eimf`` section. Tags: [P] paper, [C] ComiRec's public
 code (the usual IBIM backbone), [I] a distrec placeholder (methods.md §2.4).
 """
 

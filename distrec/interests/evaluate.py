@@ -37,7 +37,7 @@ HIT_NAMES = ("recall", "hr")
 
 
 def _backbone(model):
-    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "module", model)  # a DeepSpeed engine or DDP wrapper
     return getattr(model, "backbone", model)
 
 
@@ -155,7 +155,7 @@ def evaluate_retrieval(
 ) -> dict:
     """Recall/NDCG/HR@K over the full catalogue for every sample of ``samples_table``.
 
-    ``model``: an :class:`~distrec.model.interests.eimf.EimfModel`, its backbone, or a DDP wrapper;
+    ``model``: an :class:`~distrec.model.interests.eimf.EimfModel`, its backbone, or a DeepSpeed/DDP wrapper;
     only the backbone is used. Returns the metrics, ``n``, ``ci`` (``[low, high]`` per metric)
     and ``bootstrap`` (how the intervals were drawn, :func:`distrec.eval.intervals.ranking_intervals`);
     with ``return_topn`` also ``topn_item_ids`` [S, max K] and ``topn_scores``; with

@@ -72,7 +72,7 @@ class EimfModel(nn.Module):
         negatives: torch.Tensor | None = None,
         sem: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Everything a loss needs, computed inside one forward (DDP-safe).
+        """Everything a loss needs, computed inside one forward (safe under data-parallel wrappers).
 
         Returns ``interests`` [B, K, d]; with ``target`` also ``target_emb``, ``readout``
         [B, d], ``readout_idx`` [B] and ``cand_emb`` (the negatives' embeddings, or all N items
@@ -197,7 +197,7 @@ def step(
 
     ``batch``: ``hist`` [B, L], ``mask`` [B, L], ``target`` [B] (item rows). ``labels``: None or
     ``sem`` [B, M, d_s] and ``sem_mask`` [B, M] (all False for non-typical users). ``sampler``:
-    None = full softmax. ``model`` may be an :class:`EimfModel` or a DDP wrapper of one.
+    None = full softmax. ``model`` may be an :class:`EimfModel` or a DeepSpeed engine around one.
     """
     esim = cfg.esim
     use_aux = labels is not None and (esim.lambda_pred > 0 or esim.lambda_align > 0)
