@@ -105,14 +105,14 @@ def test_shard_rows_reads_any_rows_across_files_and_record_batches(tmp_path):
     for i, (lo, hi) in enumerate([(0, 1000), (1000, 1001), (1001, 2500)]):
         files.append(tmp_path / f"part-{i}.arrow")
         with pa.OSFile(str(files[-1]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-            if i == 2:  # unequal batches: the reader must not assume the cache's equal ones
-                for a, b in [(1001, 1101), (1101, 1102), (1102, 2500)]:
+            if i == 2:  # unequal batches: the reader must not guess them from the first one and the total
+                for a, b in [(1001, 1401), (1401, 2001), (2001, 2100), (2100, 2500)]:  # 400, 600, 99, 400
                     writer.write_table(table.slice(a, b - a))
             else:
                 writer.write_table(table.slice(lo, hi - lo), max_chunksize=256)
     rows = ShardRows(files, cached_groups=2)
     assert len(rows) == 2500 and "input_ids" in rows
-    idx = np.array([2499, 0, 1000, 999, 1001, 5, 5, 1750])
+    idx = np.array([2499, 0, 1000, 999, 1001, 5, 5, 1750, 2050, 2099, 2100, 1400, 1401])
     got = rows.take(idx)
     assert got["sample_id"].tolist() == (idx * 10).tolist() and got["label"].dtype == np.int8
     for i, k in enumerate(idx):
@@ -120,3 +120,31 @@ def test_shard_rows_reads_any_rows_across_files_and_record_batches(tmp_path):
     assert rows.head(10).take([9])["sample_id"].tolist() == [90]
     with pytest.raises(IndexError):
         rows.head(10).take([10])
+
+
+def test_write_split_cuts_batches_of_any_size_into_exact_record_batches(tmp_path, monkeypatch):
+    """Input batches of uneven sizes become files of ROWS_PER_FILE rows in BATCH_ROWS-row record
+    batches (the last of each file shorter), and ShardRows reads every row back in order."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from distrec.train import token_cache
+
+    monkeypatch.setattr(token_cache, "ROWS_PER_FILE", 1000)
+    sizes, lo, batches = [300, 77, 500, 1, 1222], 0, []
+    for k in sizes:
+        ids = np.empty(k, dtype=object)
+        ids[:] = [np.arange(i % 5 + 1, dtype=np.int64) for i in range(lo, lo + k)]
+        batches.append({"sample_id": np.arange(lo, lo + k, dtype=np.int64), "input_ids": ids})
+        lo += k
+    entry = token_cache.write_split(iter(batches), tmp_path / "train")
+    assert entry == {"rows": 2100, "files": ["part-00000.arrow", "part-00001.arrow", "part-00002.arrow"]}
+    layouts = []
+    for name in entry["files"]:
+        handle = ipc.open_file(pa.OSFile(str(tmp_path / "train" / name)))
+        layouts.append([handle.get_batch(j).num_rows for j in range(handle.num_record_batches)])
+    assert layouts == [[128] * 7 + [104], [128] * 7 + [104], [100]]
+    rows = ShardRows([tmp_path / "train" / f for f in entry["files"]])
+    got = rows.take(np.arange(2100))
+    assert got["sample_id"].tolist() == list(range(2100))
+    assert [len(v) for v in got["input_ids"]] == [i % 5 + 1 for i in range(2100)]

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from distrec import atomic, config_loader
 from distrec.config import JobConfig, load_job_config
-from distrec.errors import ConfigError, DataError
+from distrec.errors import DataError
 
 
 def load_eimf_job(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -71,18 +71,14 @@ def eimf_job(job: JobConfig, labels: Path | None, stage: str):
     every step, validation (HR@K, NDCG@K) after each epoch."""
     import dataclasses
 
-    from distrec.config import DeepSpeedConfig, TrainConfig
+    from distrec.train.launcher import data_parallel_job
 
-    tc, world = job.eimf.train, job.ray.num_workers
-    if tc.batch_size % world:
-        raise ConfigError(f"eimf.train.batch_size={tc.batch_size} must be divisible by ray.num_workers={world}")
-    train = TrainConfig(epochs=tc.epochs, max_steps=tc.max_steps, lr=tc.lr, weight_decay=tc.weight_decay,
-                        lr_schedule="constant", micro_batch_size=tc.batch_size // world, seed=tc.seed, log_every=1)
+    tc = job.eimf.train
+    staged = data_parallel_job(job, "eimf", batch_key="eimf.train.batch_size", global_batch=tc.batch_size,
+                               eval_batch=job.eimf.eval.batch_size, epochs=tc.epochs, max_steps=tc.max_steps,
+                               lr=tc.lr, weight_decay=tc.weight_decay, seed=tc.seed, log_every=1)
     return dataclasses.replace(
-        job, model=dataclasses.replace(job.model, kind="eimf"), train=train,
-        eimf=dataclasses.replace(job.eimf, labels=str(labels) if labels is not None else None),
-        deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
-        eval=dataclasses.replace(job.eval, batch_size=max(1, job.eimf.eval.batch_size // world), max_samples=None),
+        staged, eimf=dataclasses.replace(job.eimf, labels=str(labels) if labels is not None else None),
         ray=dataclasses.replace(job.ray, run_name=_run_name(job, stage)))
 
 
@@ -104,7 +100,7 @@ def train_stage(job: JobConfig, data: EimfData, labels: Path | None, stage: str)
     scalars = read_scalars(f"{run.run_dir}/tensorboard")  # a local folder or a URI
     means = {k: float(sum(v for _, v in scalars[f"train/{k}"]) / max(len(scalars[f"train/{k}"]), 1))
              for k in ("loss", "loss_rec", "loss_pred", "loss_align")}
-    typical = SemanticBank(read_labels(labels)).typical(data.train.column("user_id").to_numpy()).mean() if labels else 0.0
+    typical = SemanticBank(pq.read_table(labels)).typical(data.train.column("user_id").to_numpy()).mean() if labels else 0.0
     metrics = {**run.metrics["train"], **means, "typical_fraction": float(typical), "world_size": job.ray.num_workers,
                "run": str(run.run_dir)}
     with atomic.staged(out, overwrite=True) as tmp, local_copy(locate(str(run.run_dir)) / "eimf") as exported:
@@ -127,11 +123,13 @@ def train_stage(job: JobConfig, data: EimfData, labels: Path | None, stage: str)
     return model, report
 
 
-def read_labels(path: str | Path) -> pa.Table:
+def labels_file(path: str | Path) -> Path:
+    """``path`` as a Path; DataError when no labels table is there."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels table not found: {path}")
-    return pq.read_table(path)
+    return path
+
 
 
 def run_train(job: JobConfig, labels_path: str | Path | None = None) -> dict:
@@ -140,10 +138,8 @@ def run_train(job: JobConfig, labels_path: str | Path | None = None) -> dict:
 
     loopback_env(job.ray)
     data = load_data(job)
-    if labels_path is not None:
-        read_labels(labels_path)  # a missing file fails here, named
-    _, report = train_stage(job, data, Path(labels_path) if labels_path is not None else None,
-                            "eimf" if labels_path is not None else "ibim")
+    labels = labels_file(labels_path) if labels_path is not None else None  # a missing file fails here, named
+    _, report = train_stage(job, data, labels, "eimf" if labels is not None else "ibim")
     return report
 
 

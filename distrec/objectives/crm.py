@@ -10,13 +10,13 @@ and selected as the LLM's CTR task is (AUC, higher is better).
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from distrec.data.batching import right_pad
+from distrec.objectives.tasks import CtrTask, mean_sample_loss, sample_counts
 
 
 class DinTask:
@@ -38,9 +38,9 @@ class DinTask:
         logit, _ = engine(ids.to(self.device), mask.to(self.device), target.to(self.device))
         return logit.float()
 
-    @staticmethod
-    def normalisers(micro_batches: list[dict]) -> dict[str, float]:
-        return {"samples": float(sum(len(mb["sample_id"]) for mb in micro_batches))}
+    normalisers = staticmethod(sample_counts)
+    step_loss = staticmethod(mean_sample_loss)
+    metrics = staticmethod(CtrTask.metrics)
 
     def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """``(Σ_micro BCE / N_global, {"loss_sum": Σ_micro BCE})``."""
@@ -48,19 +48,8 @@ class DinTask:
         loss_sum = F.binary_cross_entropy_with_logits(self._logits(engine, mb), labels, reduction="sum")
         return loss_sum / max(norms["samples"], 1.0), {"loss_sum": float(loss_sum.detach())}
 
-    @staticmethod
-    def step_loss(stats: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
-        return {"train/loss": stats["loss_sum"] / max(norms["samples"], 1.0)}
-
     @torch.no_grad()
     def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:
         probs = torch.sigmoid(self._logits(engine, batch)).cpu().numpy()
         return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(probs[i]))
                 for i in range(n_real)]
-
-    @staticmethod
-    def metrics(rows: list[tuple], split: str | None = None, step: int | None = None,
-                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        from distrec.objectives.tasks import CtrTask
-
-        return CtrTask.metrics(rows, split, step)

@@ -25,6 +25,7 @@ import torch
 from distrec.config.eimf import EimfConfig
 from distrec.model.interests.backbones import ItemIndex, pad_histories
 from distrec.model.interests.eimf import SemanticBank, make_labels, step
+from distrec.objectives.tasks import sample_counts
 
 PARTS = ("loss", "loss_rec", "loss_pred", "loss_align")
 COUNTS = ("n_pairs", "n_typical")
@@ -54,9 +55,7 @@ class EimfTask:
         return {"hist": torch.from_numpy(hist).to(self.device), "mask": torch.from_numpy(mask).to(self.device),
                 "target": torch.from_numpy(target).to(self.device)}
 
-    @staticmethod
-    def normalisers(micro_batches: list[dict]) -> dict[str, float]:
-        return {"samples": float(sum(len(mb["sample_id"]) for mb in micro_batches))}
+    normalisers = staticmethod(sample_counts)
 
     def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """``(mean loss · rows / N_global, {part: part · rows} ∪ counts)``."""

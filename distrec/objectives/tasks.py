@@ -46,6 +46,17 @@ class Batchify:
         return out.to(self.device)
 
 
+def sample_counts(micro_batches: list[dict]) -> dict[str, float]:
+    """``{"samples": rows in the step's micro-batches}``: the normaliser of a per-sample mean loss
+    (CTR's one answer token per sample, the DIN's BCE, EIMF's losses)."""
+    return {"samples": float(sum(len(mb["sample_id"]) for mb in micro_batches))}
+
+
+def mean_sample_loss(stats: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
+    """The step's logged loss: the summed ``loss_sum`` over the step's global sample count."""
+    return {"train/loss": stats["loss_sum"] / max(norms["samples"], 1.0)}
+
+
 class _Task:
     """``conditioning``: per-batch CRM inputs (``model.rellax.BatchConditioning``) or None."""
 
@@ -68,8 +79,8 @@ class CtrTask(_Task):
         self.yes_id, self.no_id, self.b = yes_id, no_id, batchify
         self.conditioning = conditioning
 
-    def normalisers(self, micro_batches: list[dict]) -> dict[str, float]:
-        return {"tokens": float(sum(len(mb["sample_id"]) for mb in micro_batches))}
+    normalisers = staticmethod(sample_counts)
+    step_loss = staticmethod(mean_sample_loss)
 
     def _logits(self, engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         from distrec.objectives.ctr import answer_logits
@@ -84,11 +95,7 @@ class CtrTask(_Task):
 
         logits, answers = self._logits(engine, mb)
         loss_sum = ctr_loss_sum(logits, answers)
-        return loss_sum / max(norms["tokens"], 1.0), {"loss_sum": float(loss_sum.detach())}
-
-    @staticmethod
-    def step_loss(stats: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
-        return {"train/loss": stats["loss_sum"] / max(norms["tokens"], 1.0)}
+        return loss_sum / max(norms["samples"], 1.0), {"loss_sum": float(loss_sum.detach())}
 
     @torch.no_grad()
     def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:

@@ -122,29 +122,23 @@ def crm_job(job: JobConfig) -> JobConfig:
     better one), plain data parallel (ZeRO stage 0, fp32) on ``job.ray``'s workers. Its run is
     ``$DISTREC_HOME/crm/runs/<crm_run_name>``, so an interrupted CRM resumes. ConfigError when
     ``crm.batch_size`` does not split over ``ray.num_workers``."""
-    from distrec.config import DebugConfig, DeepSpeedConfig, SpaConfig, TrainConfig
-    from distrec.errors import ConfigError
+    from distrec.config import DebugConfig, SpaConfig
+    from distrec.train.launcher import data_parallel_job
 
-    c, world = job.crm, job.ray.num_workers
-    if c.batch_size % world:
-        raise ConfigError(f"crm.batch_size={c.batch_size} must be divisible by ray.num_workers={world} "
-                          "(it is the CRM's global batch)")
-    train = TrainConfig(epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay, lr_schedule="constant",
-                        patience=c.patience, micro_batch_size=c.batch_size // world, seed=c.seed, log_every=10)
+    c = job.crm
+    din = data_parallel_job(job, "din", batch_key="crm.batch_size", global_batch=c.batch_size,
+                            eval_batch=c.eval_batch_size, epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay,
+                            patience=c.patience, seed=c.seed, log_every=10)
     return dataclasses.replace(
-        job, model=dataclasses.replace(job.model, kind="din"), data=full_data(job), train=train,
-        adapter=dataclasses.replace(job.adapter, kind="none"), spa=SpaConfig(enabled=False),
-        deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
-        eval=dataclasses.replace(job.eval, batch_size=max(1, c.eval_batch_size // world), max_samples=None,
-                                 generate=False),
+        din, data=full_data(job), adapter=dataclasses.replace(job.adapter, kind="none"), spa=SpaConfig(enabled=False),
         ray=dataclasses.replace(job.ray, storage_path=str(paths.distrec_home() / "crm" / "runs"),
                                 run_name=crm_run_name(job)),
         debug=DebugConfig())
 
 
-def ensure_crm(job: JobConfig, crm: JobConfig | None = None) -> Path:
+def ensure_crm(job: JobConfig) -> Path:
     """A trained DIN folder for this job: reused when present, else trained by the one loop
-    (:func:`crm_job`, or ``crm`` when given) and published with its ``metrics.json`` (the
+    (:func:`crm_job`) and published with its ``metrics.json`` (the
     run's selected-state valid and test metrics, steps, best step)."""
     from distrec.model.crm.artefact import METRICS, REQUIRED, json_safe
     from distrec.train.launcher import run_job
@@ -152,7 +146,7 @@ def ensure_crm(job: JobConfig, crm: JobConfig | None = None) -> Path:
     out = crm_dir(job)
     if atomic.is_complete(out, REQUIRED):
         return out
-    crm = crm or crm_job(job)
+    crm = crm_job(job)
     source = ensure_prepared(crm)
     if job.crm.history == "retrieved":
         source = ensure_retrieval(job, source)

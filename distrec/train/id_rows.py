@@ -26,7 +26,7 @@ from distrec import atomic, paths
 from distrec.config import JobConfig
 from distrec.train.token_cache import MANIFEST, write_split
 
-FORMAT = 1
+FORMAT = 2  # 2: token_cache.write_split's exact batches, recorded in the schema metadata
 COLUMNS = ("sample_id", "user_id", "item_id", "history_item_ids")
 
 
@@ -50,9 +50,9 @@ def _batches(files: list[Path], hist_len: int, history: str) -> Iterator[dict[st
     from distrec.model.crm.history import history_matrix
 
     for f in files:
-        present = pq.ParquetFile(f).schema_arrow.names
-        columns = [*COLUMNS, *(c for c in ("label", "history_indices") if c in present)]
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, columns=columns):
+        shard = pq.ParquetFile(f)
+        columns = [*COLUMNS, *(c for c in ("label", "history_indices") if c in shard.schema_arrow.names)]
+        for batch in shard.iter_batches(batch_size=4096, columns=columns):
             table = pa.Table.from_batches([batch])
             ids, mask = history_matrix(table, hist_len, history)
             history_ids = np.empty(len(ids), dtype=object)
@@ -71,7 +71,6 @@ def ensure_id_rows(job: JobConfig, prepared: Path) -> Path:
 
     manifest = storage.read_manifest(prepared)
     target, key = id_rows_dir(job, manifest)
-    hist_len, history = history_spec(job)
     if atomic.is_complete(target, (MANIFEST,)):
         return target
 
@@ -81,7 +80,7 @@ def ensure_id_rows(job: JobConfig, prepared: Path) -> Path:
         for name in manifest["splits"]:
             files = sorted((prepared / name).glob("part-*.parquet"))
             try:
-                entries[name] = write_split(_batches(files, hist_len, history), tmp / name)
+                entries[name] = write_split(_batches(files, key["hist_len"], key["history"]), tmp / name)
             except DataError as exc:
                 raise DataError(f"{prepared / name}: {exc}") from None
         atomic.write_json(tmp / MANIFEST, {"key": key, "prepared": str(prepared), "splits": entries,

@@ -112,6 +112,30 @@ def check_complete(run: Location) -> None:
                          "distrec folder, <storage>/<run_name>/distrec); finish it with the same ray.run_name first")
 
 
+def data_parallel_job(job: JobConfig, kind: str, *, batch_key: str, global_batch: int, eval_batch: int,
+                      **train) -> JobConfig:
+    """``job`` set to train ``model.kind: kind`` as plain data parallel on ``job.ray``'s workers
+    (ZeRO stage 0, fp32, no clipping) at a constant learning rate: ``global_batch`` rows a step
+    split over the ranks, ``eval_batch`` rows an evaluation batch, ``train``: the other
+    :class:`~distrec.config.TrainConfig` fields. The DIN (``crm.*``) and EIMF (``eimf.train.*``)
+    keep their settings as a global batch and reach the loop through this. ConfigError names
+    ``batch_key`` when the batch does not split over ``ray.num_workers``."""
+    import dataclasses
+
+    from distrec.config import DeepSpeedConfig, TrainConfig
+    from distrec.errors import ConfigError
+
+    world = job.ray.num_workers
+    if global_batch % world:
+        raise ConfigError(f"{batch_key}={global_batch} must be divisible by ray.num_workers={world} "
+                          "(it is the global batch)")
+    return dataclasses.replace(
+        job, model=dataclasses.replace(job.model, kind=kind),
+        train=TrainConfig(lr_schedule="constant", micro_batch_size=global_batch // world, **train),
+        deepspeed=DeepSpeedConfig(zero_stage=0, precision="fp32", gradient_clipping=0.0),
+        eval=dataclasses.replace(job.eval, batch_size=max(1, eval_batch // world), max_samples=None, generate=False))
+
+
 def run_name(job: JobConfig) -> str:
     return job.ray.run_name or f"{job.data.dataset}-{job.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 

@@ -38,16 +38,19 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
+BATCH_ROWS_KEY = b"distrec.batch_rows"  # schema metadata: every record batch has this many rows but the last
+
+
 def _batch_rows(handle) -> list[int]:
-    """Rows of each record batch of an IPC file. The token cache writes equal batches (the last
-    one shorter), so one batch and the file's row count give them all; otherwise each is read."""
+    """Rows of each record batch of an IPC file: from the ``distrec.batch_rows`` schema metadata
+    that :func:`~distrec.train.token_cache.write_split` writes, else by reading every batch (a
+    file written elsewhere: batch sizes cannot be guessed from the first one)."""
     n = handle.num_record_batches
-    if n == 0:
-        return []
-    total, first = handle.count_rows(), handle.get_batch(0).num_rows
-    if (n - 1) * first < total <= n * first:
-        return [first] * (n - 1) + [total - (n - 1) * first]
-    return [handle.get_batch(j).num_rows for j in range(n)]
+    size = (handle.schema.metadata or {}).get(BATCH_ROWS_KEY)
+    if size is None:
+        return [handle.get_batch(j).num_rows for j in range(n)]
+    size, total = int(size), handle.count_rows()
+    return [min(size, total - j * size) for j in range(n)]
 
 
 class ShardRows:

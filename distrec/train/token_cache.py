@@ -25,9 +25,10 @@ import pyarrow.ipc as ipc
 
 from distrec import atomic, paths
 from distrec.config import JobConfig
+from distrec.train.row_source import BATCH_ROWS_KEY
 
 MANIFEST = "manifest.json"
-FORMAT = 3  # 3: Arrow IPC files in BATCH_ROWS-row record batches
+FORMAT = 4  # 3: Arrow IPC files in BATCH_ROWS-row record batches; 4: the batch size in the schema metadata
 TOKEN_COLUMNS = ("input_ids", "labels", "cf_input_ids", "cf_labels")
 ROWS_PER_FILE = 100_000
 BATCH_ROWS = 128  # IPC record batch: what a worker reads to get one of its rows (train.row_source)
@@ -88,27 +89,25 @@ def write_split(batches: Iterable[dict[str, np.ndarray]], folder: Path) -> dict[
     :class:`~distrec.train.row_source.ShardRows` relies on); returns ``{"rows", "files"}``."""
     folder.mkdir(parents=True)
     files: list[str] = []
-    pending: list[pa.Table] = []
-    state = {"rows": 0, "pending": 0, "schema": None}
 
     def write_file(table: pa.Table) -> None:
         files.append(f"part-{len(files):05d}.arrow")
+        table = table.combine_chunks().replace_schema_metadata(
+            {**(table.schema.metadata or {}), BATCH_ROWS_KEY: str(BATCH_ROWS).encode()})
         with pa.OSFile(str(folder / files[-1]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=BATCH_ROWS)
 
+    pending, rows = None, 0  # rows not yet in a file (one table), rows seen
     for batch in batches:
         table = _arrow(batch)
-        state["schema"] = state["schema"] or table.schema
-        pending.append(table.cast(state["schema"]))
-        state["pending"] += table.num_rows
-        state["rows"] += table.num_rows
-        while state["pending"] >= ROWS_PER_FILE:
-            merged = pa.concat_tables(pending)
-            write_file(merged.slice(0, ROWS_PER_FILE).combine_chunks())
-            pending, state["pending"] = [merged.slice(ROWS_PER_FILE)], merged.num_rows - ROWS_PER_FILE
-    if state["pending"]:
-        write_file(pa.concat_tables(pending).combine_chunks())
-    return {"rows": state["rows"], "files": files}
+        pending = table if pending is None else pa.concat_tables([pending, table.cast(pending.schema)])
+        rows += table.num_rows
+        while pending.num_rows >= ROWS_PER_FILE:
+            write_file(pending.slice(0, ROWS_PER_FILE))
+            pending = pending.slice(ROWS_PER_FILE)
+    if pending is not None and pending.num_rows:
+        write_file(pending)
+    return {"rows": rows, "files": files}
 
 
 def ensure_tokens(job: JobConfig, prepared: Path) -> tuple[Path, bool]:

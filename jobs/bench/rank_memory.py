@@ -36,6 +36,7 @@ def write_shards(folder: Path, n: int, seed: int = 0) -> list[str]:
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
+    from distrec.train.row_source import BATCH_ROWS_KEY
     from distrec.train.token_cache import BATCH_ROWS, ROWS_PER_FILE
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,7 @@ def write_shards(folder: Path, n: int, seed: int = 0) -> list[str]:
             "n_truncated": np.zeros(m, dtype=np.int32),
         })
         files.append(str(folder / f"part-{len(files):05d}.arrow"))
+        table = table.replace_schema_metadata({BATCH_ROWS_KEY: str(BATCH_ROWS).encode()})  # the cache's layout
         with pa.OSFile(files[-1], "wb") as sink, ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=BATCH_ROWS)
     return files

@@ -34,6 +34,16 @@ class Built:
     flop_config: Any = None
 
 
+def whole_model_export(strategy, folder: Path, write: Callable[[Path], None]) -> None:
+    """Export a model every rank holds whole (ZeRO stage 0): rank 0 runs ``write(tmp)`` into a
+    staged ``folder`` (:func:`distrec.atomic.staged`), published whole or not at all."""
+    if strategy.is_rank0:
+        from distrec import atomic
+
+        with atomic.staged(folder, overwrite=True) as tmp:
+            write(tmp)
+
+
 def build(job, strategy, loop_config: dict) -> Built:
     """The :class:`Built` of ``job.model.kind`` on this rank (``strategy``: its DeepSpeed strategy)."""
     if job.model.kind == "din":

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from distrec.train.artefacts import din_config
-from distrec.train.builders import Built
+from distrec.train.builders import Built, whole_model_export
 
 
 def build_din(job, strategy, loop_config: dict) -> Built:
@@ -23,10 +23,6 @@ def build_din(job, strategy, loop_config: dict) -> Built:
     model = DIN(items.column("item_id").to_numpy().astype(np.int64), cfg).to(strategy.device)
 
     def export(run_dir: Path) -> None:
-        if strategy.is_rank0:  # whole on every rank: rank 0's copy is the model
-            from distrec import atomic
-
-            with atomic.staged(run_dir / "din", overwrite=True) as tmp:
-                write_din(tmp, {k: v for k, v in model.state_dict().items()}, cfg)
+        whole_model_export(strategy, run_dir / "din", lambda tmp: write_din(tmp, model.state_dict(), cfg))
 
     return Built(model=model, task=DinTask(cfg.hist_len, strategy.device), export=export)

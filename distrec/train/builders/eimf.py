@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from distrec.train.builders import Built
+from distrec.train.builders import Built, whole_model_export
 
 
 def _column(files: list[str], name: str) -> np.ndarray:
@@ -22,7 +22,6 @@ def _column(files: list[str], name: str) -> np.ndarray:
 
 
 def build_eimf(job, strategy, loop_config: dict) -> Built:
-    from distrec import atomic
     from distrec.model.interests.artefact import save_eimf
     from distrec.model.interests.backbones import ItemIndex
     from distrec.model.interests.eimf import SemanticBank, build_model, build_sampler
@@ -37,8 +36,6 @@ def build_eimf(job, strategy, loop_config: dict) -> Built:
     sampler = build_sampler(cfg, index.num_items, targets)  # the same seeded negatives on every rank
 
     def export(run_dir: Path) -> None:
-        if strategy.is_rank0:  # whole on every rank: rank 0's copy is the model
-            with atomic.staged(run_dir / "eimf", overwrite=True) as tmp:
-                save_eimf(model, index, cfg, tmp)
+        whole_model_export(strategy, run_dir / "eimf", lambda tmp: save_eimf(model, index, cfg, tmp))
 
     return Built(model=model, task=EimfTask(cfg, index, sampler, bank, strategy.device), export=export)
