@@ -64,8 +64,8 @@ def test_cflora_cft_with_sft_comparison(tmp_path):
                            cft_logit_positions=2 * 32, **common)
     assert res[0]["model_flops"] == sft.model_flops
     assert res[1]["model_flops"] == cft.model_flops
-    # stacked layout: the hardware also computes the counterfactual rows' left padding
-    assert res[1]["hardware_flops"] > cft.hardware_flops
+    # packed layout (the default): no counterfactual padding is computed
+    assert res[1]["hardware_flops"] == cft.hardware_flops
     assert res[1]["tokens_per_s"] > 0 and res[1]["vs_sft_step_time"] > 0
     assert res[1]["vs_sft_model_flops"] == pytest.approx(cft.model_flops / sft.model_flops)
     for r in res:

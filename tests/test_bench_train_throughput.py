@@ -22,7 +22,7 @@ def test_summarise_is_total_work_over_total_time():
 def test_bench_tiny_lora_against_hf_trainer(ray_local, tmp_path):
     bench = load_bench("train_throughput")
     out = tmp_path / "RESULTS.md"
-    res = bench.main(["--rows", "lora", "--steps", "2", "--warmup", "1", "--results", str(out),
+    res = bench.main(["--rows", "lora", "--steps", "2", "--warmup", "1", "--results", str(out), "--profile",
                       "model.name_or_path=tiny", "data.train_size=64"])
     ours, base = res["results"]["lora"], res["baselines"]["ctr"]
     for row in (ours, base):
@@ -33,3 +33,10 @@ def test_bench_tiny_lora_against_hf_trainer(ray_local, tmp_path):
     text = out.read_text()
     assert "| HF Trainer + PEFT LoRA (CTR) |" in text and "| distrec LoRA (CTR) |" in text
     assert f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}×" in text
+    # the profiled step (rank 0): ZeRO-3 gathers parameters in the forward and the backward
+    prof = ours["profile"]
+    assert prof["phases"]["forward"] > 0 and prof["phases"]["backward"] > 0 and prof["phases"]["optimizer"] > 0
+    gathers = prof["collectives"]["all_gather"]
+    assert gathers["calls"] > 0 and gathers["by_phase"].get("forward", 0) > 0
+    assert sum(prof["phases"][k] for k in ("forward", "backward", "optimizer")) <= prof["step_s"]
+    assert "| distrec LoRA (CTR) | " in text.split("top self-time ops")[1]

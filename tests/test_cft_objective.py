@@ -19,6 +19,7 @@ from distrec.objectives.cft import (
     combine,
     keep_length,
     label_normalisers,
+    pack_branches,
     response_labels,
     response_logits,
     split_branches,
@@ -383,3 +384,66 @@ def add_sums(*parts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise ValueError("add_sums needs at least one dict")
     keys = parts[0].keys()
     return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in keys}
+
+
+def _float64_llama():
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, pad_token_id=0, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).double()
+
+
+def _loss_and_grads(model, trainable, **layout):
+    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = cft_rows()
+    model.zero_grad()
+    z_f, z_cf, y = cft_logits(model, f_ids, f_mask, f_lab, cf_ids, cf_mask, PAD, **layout)
+    loss = combine(cft_loss_sums(z_f, z_cf, y), lam=0.1)
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in trainable]
+
+
+def test_packed_branches_give_the_separate_forwards_loss_and_gradients():
+    """Packing (one [B, Tcf+Tf] row per instance) against the reference of two plain forwards,
+    each row in its own left-padded batch, and against the stacked [2B, T] layout."""
+    model = _float64_llama()
+    params = [p for p in model.parameters()]
+    ref_loss, ref_grads = _loss_and_grads(model, params, stacked=False)
+    for layout in ({"pack": True}, {"pack": False}):
+        loss, grads = _loss_and_grads(model, params, **layout)
+        assert loss == pytest.approx(ref_loss, rel=1e-12, abs=1e-12), layout
+        for g, r in zip(grads, ref_grads):
+            assert torch.allclose(g, r, rtol=1e-9, atol=1e-12), layout
+
+
+def test_packed_rows_hold_both_segments_and_restart_positions():
+    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = cft_rows()
+    n = keep_length(f_lab)
+    ids, positions, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n)
+    t_cf, t_f = cf_ids.shape[1], f_ids.shape[1]
+    assert ids.shape == positions.shape == (3, t_cf + t_f)  # not 2 rows of max(Tf, Tcf) each
+    assert torch.equal(ids[:, :t_cf], cf_ids) and torch.equal(ids[:, t_cf:], f_ids)
+    # row 1: counterfactual prompt 3 + response 3 = 6 real tokens of t_cf = 11 columns
+    assert t_cf == 11 and positions[1, :t_cf].tolist() == [0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5]
+    assert positions[1, t_cf:].tolist() == [0] * (t_f - 15) + list(range(15))  # prompt 12 + response 3
+    assert keep.tolist() == [*range(t_cf - n - 1, t_cf - 1), *range(t_cf + t_f - n - 1, t_cf + t_f - 1)]
+    with pytest.raises(ValueError, match="segment widths"):
+        pack_branches(f_ids, f_mask, cf_ids, cf_mask, t_cf)
+
+
+def test_packed_branches_carry_cflora_instances_per_row():
+    """CFLoRA (generated): one h_u per instance serves both of its segments; the packed loss and
+    adapter gradients equal those of separate forwards under the same h_u."""
+    from tiny_models import cflora_adapter
+
+    adapter = cflora_adapter(d_instance=6, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
+                             mode="generated")
+    model = adapter.attach(_float64_llama()).double()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable
+    h_u = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with adapter.instance(h_u):
+        ref_loss, ref_grads = _loss_and_grads(model, trainable, stacked=False)
+        loss, grads = _loss_and_grads(model, trainable, pack=True)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-9, atol=1e-12)

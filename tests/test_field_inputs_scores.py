@@ -16,7 +16,7 @@ from distrec.data.prompts import Catalog
 from distrec.errors import ModelError
 from distrec.metrics.ctr_metrics import ctr_metrics
 from distrec.eval.generation import grounded_metrics
-from distrec.objectives.tasks import Batchify, CtrTask, GenerativeTask
+from distrec.objectives.tasks import Batchify, CtrTask, GenerativeTask, pack_rows
 
 # (sample id, user id, label, P(yes)) as the workers gather them; sample 2's score is NaN
 ISSUE_ROWS = [(0, 1, 1, 0.8), (1, 1, 0, 0.3), (2, 2, 1, math.nan), (3, 2, 0, 0.4)]
@@ -90,9 +90,9 @@ def test_variant_nan_validation_loss_of_the_generative_task_names_its_batch():
     from distrec.config import CftConfig
 
     task = GenerativeTask(CftConfig(lam=0.0), Batchify(0, torch.device("cpu")))
-    rows = [(0, 1.5, 2.0, 1.5, 3.0), (4, math.nan, 2.0, math.nan, 3.0)]
+    rows = pack_rows([(0, 1.5, 2.0, 1.5, 3.0), (4, math.nan, 2.0, math.nan, 3.0)], task.eval_columns)
     with pytest.raises(ModelError) as err:
-        task.metrics(rows, split="valid", step=3)
+        task.metrics({name: rows[name] for name in rows.dtype.names}, split="valid", step=3)
     msg = str(err.value)
     assert "split 'valid'" in msg and "step 3" in msg and "sample id 4" in msg
 

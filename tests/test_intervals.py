@@ -217,16 +217,13 @@ def test_final_evaluation_of_a_ctr_split_carries_intervals_and_saves_its_rows(tm
 
     class Task:
         metrics = staticmethod(CtrTask.metrics)
+        eval_columns = CtrTask.eval_columns
 
         def eval_rows(self, engine, batch, n_real):
             return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(batch["p"][i]))
                     for i in range(n_real)]
 
-    class OneRank:
-        rank, world_size, is_rank0 = 0, 1, True
-
-        def all_gather_object(self, obj):
-            return [obj]
+    from distrec.predict.run_model import OneProcess as OneRank
 
     class Engine:
         def eval(self):

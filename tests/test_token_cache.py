@@ -120,6 +120,10 @@ def test_shard_rows_reads_any_rows_across_files_and_record_batches(tmp_path):
     assert rows.head(10).take([9])["sample_id"].tolist() == [90]
     with pytest.raises(IndexError):
         rows.head(10).take([10])
+    # a whole scalar column, batch by batch, also cut at a head
+    assert rows.column("sample_id").tolist() == list(range(0, 25000, 10))
+    assert rows.head(1401).column("label").tolist() == [i % 2 for i in range(1401)]
+    assert rows.column("label").dtype == np.int8
 
 
 def test_write_split_cuts_batches_of_any_size_into_exact_record_batches(tmp_path, monkeypatch):

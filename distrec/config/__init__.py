@@ -201,10 +201,11 @@ class DebugConfig:
     kill_at_steps: list[int] = field(default_factory=list)  # the last rank SIGKILLs itself after these steps
     kill_in_checkpoint_at_steps: list[int] = field(default_factory=list)  # ... half-way through copying that step's checkpoint
     record_samples: bool = False  # write the sample ids each rank consumes per step
+    profile_step: Optional[int] = None  # torch.profiler on this optimiser step (train.profiling)
 
     @property
     def active(self) -> list[str]:
-        """The ``debug.*`` keys that are switched on."""
+        """The ``debug.*`` keys that switch on fault injection or records needing local storage."""
         return [f"debug.{k}" for k in ("kill_at_steps", "kill_in_checkpoint_at_steps", "record_samples") if getattr(self, k)]
 
 
@@ -264,6 +265,7 @@ class CftConfig:
     weight_both: bool = True  # weights on L_n too (authors' code) or on L_c only
     cf_grad: bool = True  # gradient through the counterfactual branch
     stacked: bool = True  # both branches in one forward
+    pack: bool = True  # with stacked: side by side in one row per instance, not padded to the factual width
 
     def __post_init__(self) -> None:
         if self.lam < 0:

@@ -138,7 +138,10 @@ def ground_prompts(model, tokenizer, index: ItemIndex, prompts: Sequence[str], *
     return Grounded(beams, per_row, named.reshape(len(prompts), num_beams), generated)
 
 
-def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, str], *, num_beams: int = 5,
+_SHARE_COLUMNS = ("sample_id", "item_id", "input_ids", "labels")
+
+
+def grounded_metrics(model, tokenizer, strategy, rows, titles: dict[int, str], *, num_beams: int = 5,
                      max_new_tokens: int = 64, min_new_tokens: int = 4, batch_size: int = 8,
                      mode: str = "top_beam", ks: Sequence[int] = (1, 3, 5, 10, 20),
                      merge_duplicate_titles: bool = True, split: str = "test",
@@ -146,6 +149,9 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
     """HR@K / NDCG@K of grounded beam-search generations for every row of a split.
 
     Args:
+        rows: the split's columns (``sample_id``, ``item_id``, ``input_ids``, ``labels``) as a
+            dict of arrays, or a reader with ``take(indices)`` and ``len()`` (the token shards'
+            ``ShardRows``), of which each rank then reads only its own share.
         titles: ``{item_id: title}``, the catalogue (normalised here).
         min_new_tokens: passed to :func:`~distrec.eval.grounding.generate_beams` (``eval.min_new_tokens``).
         merge_duplicate_titles: items with the same title count as one (``eval.merge_duplicate_titles``;
@@ -168,25 +174,26 @@ def grounded_metrics(model, tokenizer, strategy, rows: dict, titles: dict[int, s
     item_ids, vectors = embed_catalogue(model, tokenizer, strategy, names, batch_size, where)
     index = ItemIndex(item_ids, vectors, titles=names if merge_duplicate_titles else None)
 
-    rows_share, n_rows = equal_share(len(rows["sample_id"]), rank, world)
-    prompts = prompt_texts(tokenizer, rows["input_ids"][rows_share], rows["labels"][rows_share])
+    rows_share, n_rows = equal_share(len(rows["sample_id"]) if isinstance(rows, dict) else len(rows), rank, world)
+    share = rows.take(rows_share) if hasattr(rows, "take") else {k: rows[k][rows_share] for k in _SHARE_COLUMNS}
+    prompts = prompt_texts(tokenizer, share["input_ids"], share["labels"])
     real = np.repeat(np.arange(len(prompts)) < n_rows, num_beams)
 
     def check(generated: np.ndarray, named: np.ndarray) -> None:
         _require_finite_everywhere(strategy, generated, named & real,
-                                   np.repeat(rows["sample_id"][rows_share], num_beams), where)
+                                   np.repeat(share["sample_id"], num_beams), where)
 
     grounded = ground_prompts(model, tokenizer, index, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens,
                               min_new_tokens=min_new_tokens, batch_size=batch_size, k=max(ks),
                               dedupe=merge_duplicate_titles, synced_gpus=world > 1, check=check)
     beams, named = grounded.texts, grounded.named.reshape(-1)
     per_row = grounded.rankings[:n_rows]
-    targets = rows["item_id"][rows_share][:n_rows]
+    targets = share["item_id"][:n_rows]
     local = grounded_ranks(per_row, targets, titles=names if merge_duplicate_titles else None, mode=mode).tolist()
     canon = canonical_ids(names) if merge_duplicate_titles else None
     local_top = [final_ranking(beams_of_row, mode, canon)[:max(ks)] for beams_of_row in per_row]
     empty = (~named).reshape(len(prompts), num_beams)[:n_rows]
-    ranks = np.full(len(rows["sample_id"]), -1, dtype=np.int64)
+    ranks = np.full(len(rows["sample_id"]) if isinstance(rows, dict) else len(rows), -1, dtype=np.int64)
     top: list[list[int]] = [[] for _ in range(len(ranks))]
     n_empty = n_empty_top = 0
     for positions, part, part_top, beams_empty, tops_empty in strategy.all_gather_object(

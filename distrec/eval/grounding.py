@@ -202,9 +202,11 @@ class ItemIndex:
         """Ranked item ids per generated vector.
 
         With titles (argument, else those given at construction) and ``dedupe``, each
-        ranking keeps only the first (nearest) item of each title and still holds ``k``
-        distinct titles (the search goes deeper by the number of duplicate items); a target
-        sharing its title with the kept item is found by :func:`rank_of` at that same rank.
+        ranking holds ``k`` distinct titles at the rank of their nearest item (the search goes
+        deeper by the number of duplicate items), each named by its title's first item id in
+        catalogue order: identical titles embed to vectors that differ only by float rounding,
+        so which of them is nearer must not decide the id reported. A target sharing its
+        title is found by :func:`rank_of` at that same rank.
         Without titles, or with ``dedupe=False``, it is the plain top-``k`` search.
 
         Returns:
@@ -214,7 +216,10 @@ class ItemIndex:
         if tmap is None or not dedupe:
             ids, _ = self.search(generated_vectors, k)
             return [row.tolist() for row in ids]
-        n_dup = len(self) - len({tmap[int(i)] for i in self.item_ids})
+        first_of_title: dict[str, int] = {}
+        for i in self.item_ids:
+            first_of_title.setdefault(tmap[int(i)], int(i))
+        n_dup = len(self) - len(first_of_title)
         ids, _ = self.search(generated_vectors, k + n_dup)
         out: list[list[int]] = []
         for row in ids:
@@ -225,7 +230,7 @@ class ItemIndex:
                 if title in seen:
                     continue
                 seen.add(title)
-                kept.append(item)
+                kept.append(first_of_title[title])
                 if len(kept) >= k:
                     break
             out.append(kept)

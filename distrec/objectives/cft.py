@@ -20,8 +20,11 @@ Conventions of this package (see ``ctr.py``, ``normalisation.py``):
   sits in the same column counted from the right. One forward with
   ``logits_to_keep = n_keep + 1`` yields exactly the logits that predict the last
   ``n_keep`` tokens (:func:`response_logits`); the full ``[B, T, V]`` logits never exist.
-- Factual and counterfactual rows are stacked into ONE ``[2B, T]`` batch and run in a single
-  forward (:func:`stack_branches`, :func:`cft_logits`).
+- Both branches run in ONE forward. Packed (default): each instance's counterfactual and
+  factual rows sit side by side in one ``[B, Tcf + Tf]`` row, each segment with its own
+  positions and attention confined to it (:func:`pack_branches`), so the counterfactual branch
+  costs its own tokens. Stacked: one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`),
+  the counterfactual rows padded to the factual width.
 - Losses are returned as SUMS with their normalisers (:func:`cft_loss_sums`); the caller
   sums them over micro-batches and ranks and calls :func:`combine` — so gradient
   accumulation k and k workers equal one k-times larger batch exactly.
@@ -206,6 +209,43 @@ def stack_branches(
     return ids, mask
 
 
+def pack_branches(
+    f_ids: torch.Tensor,
+    f_mask: torch.Tensor,
+    cf_ids: torch.Tensor,
+    cf_mask: torch.Tensor,
+    n_keep: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row per instance: ``[counterfactual, left-padded to Tcf | factual, left-padded to Tf]``.
+
+    Positions restart at 0 on each segment's first real token and every padding column has
+    position 0, so each segment, and each padding column on its own, is one packed sequence
+    for Hugging Face's padding-free path (no ``attention_mask``; the model derives a causal
+    mask confined to each sequence from where the positions restart,
+    ``transformers.masking_utils.find_packed_sequence_indices``). Every real token thus sees
+    exactly what it sees in its own left-padded row, at the same position, and the instance
+    keeps one row (CFLoRA's per-instance ``h_u`` applies to both segments).
+
+    Returns:
+        ``input_ids [B, Tcf + Tf]``, ``position_ids [B, Tcf + Tf]``, and ``logits_to_keep``:
+        the ``2·n_keep`` column indices whose logits predict the last ``n_keep`` tokens of the
+        counterfactual segment, then of the factual one.
+
+    Raises:
+        ValueError: a segment is not longer than ``n_keep`` or the batch sizes differ.
+    """
+    if f_ids.shape[0] != cf_ids.shape[0]:
+        raise ValueError(f"branch batch sizes differ: {f_ids.shape[0]} vs {cf_ids.shape[0]}")
+    t_cf, t_f = cf_ids.shape[1], f_ids.shape[1]
+    if not n_keep < min(t_cf, t_f):
+        raise ValueError(f"n_keep must be below both segment widths ({t_cf}, {t_f}), got {n_keep}")
+    ids = torch.cat([cf_ids, f_ids], 1)
+    positions = torch.cat([position_ids_for(cf_mask), position_ids_for(f_mask)], 1)
+    ends = torch.tensor([t_cf, t_cf + t_f], device=ids.device)
+    keep = (ends[:, None] - n_keep - 1 + torch.arange(n_keep, device=ids.device)[None, :]).reshape(-1)
+    return ids, positions, keep
+
+
 def split_branches(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`stack_branches` along dim 0: ``(factual, counterfactual)``."""
     if x.shape[0] % 2:
@@ -225,6 +265,7 @@ def cft_logits(
     cf_labels: torch.Tensor | None = None,
     stacked: bool = True,
     cf_grad: bool = True,
+    pack: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Forward(s) for one micro-batch: ``(z_f, z_cf, y)`` ready for :func:`cft_loss_sums`.
 
@@ -235,7 +276,10 @@ def cft_logits(
             or λ = 0), ``z_cf`` is then None.
         cf_labels: optional ``[B, Tcf]``; when given, checked to hold the same response ids
             in the same right-aligned columns as ``f_labels``.
-        stacked: one ``[2B, T]`` forward (default, the efficient path) or two forwards.
+        stacked: one forward for both branches (default) or two forwards.
+        pack: with ``stacked``, the branches side by side in ``[B, Tcf + Tf]`` rows
+            (:func:`pack_branches`) instead of on top of each other in ``[2B, T]`` rows; the
+            logits are the same up to float rounding, and so are the losses and gradients.
         cf_grad: False with ``stacked=False`` runs the CF forward under ``no_grad``; with
             ``stacked=True`` the stop-gradient is applied later by ``cft_loss_sums``.
 
@@ -258,6 +302,10 @@ def cft_logits(
         return response_logits(model, f_ids, f_mask, n_keep), None, y
     if cf_mask is None:
         raise ValueError("cf_mask is required with cf_ids")
+    if stacked and pack:
+        ids, positions, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n_keep)
+        out = model(input_ids=ids, position_ids=positions, logits_to_keep=keep, use_cache=False).logits.float()
+        return out[:, n_keep:], out[:, :n_keep], y
     if stacked:
         ids, mask = stack_branches(f_ids, f_mask, cf_ids, cf_mask, pad_id)
         z_f, z_cf = split_branches(response_logits(model, ids, mask, n_keep))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from distrec.data.batching import right_pad
-from distrec.objectives.tasks import CtrTask, mean_sample_loss, sample_counts
+from distrec.objectives.tasks import CTR_COLUMNS, CtrTask, mean_sample_loss, sample_counts
 
 
 class DinTask:
@@ -24,6 +24,7 @@ class DinTask:
     ``hist_len``), ``item_id``, ``label``, ``user_id``, ``sample_id``."""
 
     selection = ("auc", True)
+    eval_columns = CTR_COLUMNS
 
     def __init__(self, hist_len: int, device: torch.device) -> None:
         self.hist_len, self.device = hist_len, device

@@ -40,6 +40,8 @@ class EimfTask:
         self.cfg, self.index, self.sampler, self.bank, self.device = cfg, index, sampler, bank, device
         self.selection = (f"ndcg@{max(cfg.eval.ks)}", True)
 
+    eval_columns = (("sample_id", "<i8"), ("user_id", "<i8"), ("rank", "<i8"))
+
     @property
     def generators(self) -> dict[str, torch.Generator]:
         """Random state the checkpoint keeps (the negatives' stream)."""
@@ -87,10 +89,9 @@ class EimfTask:
         ranks = torch.where(torch.isfinite(own[:, 0]), ranks, torch.full_like(ranks, -1)).cpu().numpy()
         return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(ranks[i])) for i in range(n_real)]
 
-    def metrics(self, rows: list[tuple], split: str | None = None, step: int | None = None,
+    def metrics(self, columns: dict[str, np.ndarray], split: str | None = None, step: int | None = None,
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """HR@K / NDCG@K of the ``rank`` column (:attr:`eval_columns`, sorted by sample id)."""
         from distrec.metrics.ranking_metrics import rank_metrics
 
-        table = np.array(sorted(rows), dtype=np.int64).reshape(-1, 3)
-        metrics = {"n": int(len(table)), **rank_metrics(table[:, 2], self.cfg.eval.ks)}
-        return metrics, {"sample_id": table[:, 0], "user_id": table[:, 1], "rank": table[:, 2]}
+        return {"n": int(len(columns["rank"])), **rank_metrics(columns["rank"], self.cfg.eval.ks)}, columns

@@ -33,6 +33,14 @@ class OneProcess:
     def all_gather_object(obj) -> list:
         return [obj]
 
+    @staticmethod
+    def gather_to_rank0(obj) -> list:
+        return [obj]
+
+    @staticmethod
+    def broadcast_from_rank0(obj):
+        return obj
+
 
 def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.device) -> RunModel:
     """The run's model with its selected weights; ``run``: the run's distrec folder (path or URI).

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from distrec.config import JobConfig, job_config_from_dict
 from distrec.storage_uri import Staging, locate
-from distrec.train import faults
+from distrec.train import faults, profiling
 from distrec.train.checkpoint import SELECTED, TrainState, load_selected, restore, save_and_report, save_selected
 from distrec.train.data_stream import eval_batches, n_rows, padding_counts, train_micro_batches
 from distrec.train.row_source import ShardRows
@@ -162,18 +162,23 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             # Global loss normalisers of this step (all micro-batches, all ranks) before any forward.
             norms = strategy.all_reduce_sums(task.normalisers(micro_batches))
             stats: dict[str, float] = {}
-            tokens, flops = 0, 0.0
+            tokens, forward_tokens, flops = 0, 0, 0.0  # forward_tokens: with CFT's counterfactual rows
             padded, slots = padding_counts(micro_batches)
-            for mb in micro_batches:
-                with timer.phase("compute"), task.context(mb):
-                    loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
-                    strategy.backward(loss * strategy.accumulation_scale)
-                with timer.phase("optimizer"):
-                    strategy.step()
-                for k, v in mb_stats.items():
-                    stats[k] = stats.get(k, 0.0) + v
-                tokens += int(sum(len(s) for s in mb["input_ids"])) if "input_ids" in mb else 0
-                flops += ctx.flops.micro_batch(mb) if ctx.flops else 0.0
+            profile_path = ctx.run_dir / "diagnostics" / f"profile_rank{strategy.rank}_step{state.step + 1}.json"
+            with profiling.profiled(profile_path, ctx.job.debug.profile_step == state.step + 1, timer):
+                for mb in micro_batches:
+                    with timer.phase("compute"), task.context(mb):
+                        with profiling.phase("forward"):
+                            loss, mb_stats = task.micro_loss(ctx.engine, mb, norms)
+                        with profiling.phase("backward"):
+                            strategy.backward(loss * strategy.accumulation_scale)
+                    with timer.phase("optimizer"), profiling.phase("optimizer"):
+                        strategy.step()
+                    for k, v in mb_stats.items():
+                        stats[k] = stats.get(k, 0.0) + v
+                    tokens += int(sum(len(s) for s in mb["input_ids"])) if "input_ids" in mb else 0
+                    forward_tokens += sum(len(s) for key in mb if key.endswith("input_ids") for s in mb[key])
+                    flops += ctx.flops.micro_batch(mb) if ctx.flops else 0.0
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1
             state.step_in_epoch += 1
@@ -183,7 +188,8 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             if state.step % t.log_every == 0 or state.step == total_steps:
                 # one collective for the step's sums (prefixed so they cannot clash with a task's names)
                 sums = strategy.all_reduce_sums({**{f"task.{k}": v for k, v in stats.items()}, "tokens": tokens,
-                                                 "samples": samples, "flops": flops, "padded": padded, "slots": slots})
+                                                 "forward_tokens": forward_tokens, "samples": samples, "flops": flops,
+                                                 "padded": padded, "slots": slots})
                 global_stats = {k.removeprefix("task."): v for k, v in sums.items() if k.startswith("task.")}
                 global_tokens, global_samples, global_flops = sums["tokens"], sums["samples"], sums["flops"]
                 global_padding = sums["padded"] / max(sums["slots"], 1.0)
@@ -195,7 +201,8 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                     **({"throughput/tokens_per_s": global_tokens / elapsed} if global_tokens else {}),
                     "throughput/samples_per_s": global_samples / elapsed,
                     "throughput/step_time_s": elapsed,
-                    **({"data/padding_fraction": global_padding} if global_tokens else {}),
+                    **({"data/padding_fraction": global_padding, "data/forward_tokens": sums["forward_tokens"]}
+                       if global_tokens else {}),
                     **({"throughput/model_tflops_per_s": global_flops / elapsed / 1e12} if ctx.flops else {}),
                     **({"throughput/mfu": global_flops / elapsed / (ctx.peak * strategy.world_size)}
                        if ctx.flops and ctx.peak else {}),
@@ -237,30 +244,55 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
 
 @torch.no_grad()
 def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = None) -> dict:
-    """Predictions for every row of a split (all ranks forward equally); metrics on every rank.
+    """Predictions for every row of a split (all ranks forward equally); the same metrics on every rank.
 
-    Every rank computes the metrics from the same gathered rows, so decisions taken on them
-    (the best state) are identical everywhere and no rank skips a collective.
+    Each rank streams its rows from the shards and keeps only its predictions, packed batch by
+    batch into typed columns (``task.eval_columns``: 21 bytes a CTR row). Rank 0 gathers them,
+    computes the metrics (AUC needs every score), writes the predictions file, and broadcasts the
+    metrics, or the error they raised, so decisions taken on them (the best state) are identical
+    everywhere and no rank is left waiting in a collective.
     """
+    from distrec.objectives.tasks import pack_rows
+
     strategy, task = ctx.strategy, ctx.task
     ctx.engine.eval()
     limit = ctx.job.eval.max_samples if split == "valid" else None
     if limit is not None:
         rows = rows.head(limit)
     started = time.perf_counter()
-    local: list[tuple] = []
+    parts = [pack_rows([], task.eval_columns)]
     batches = eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size)
     n_batches = -(-n_rows(rows) // (strategy.world_size * ctx.job.eval.batch_size))
     for batch, n_real in tqdm(batches, total=n_batches, desc=f"eval {split}", disable=not strategy.is_rank0,
                               mininterval=10):
-        local.extend(task.eval_rows(ctx.engine, batch, n_real))
-    unique = {row[0]: row for part in strategy.all_gather_object(local) for row in part}
-    seconds = time.perf_counter() - started
-    metrics, columns = task.metrics(list(unique.values()), split=split, step=step)
+        parts.append(pack_rows(task.eval_rows(ctx.engine, batch, n_real), task.eval_columns))
+    gathered = strategy.gather_to_rank0(np.concatenate(parts))
+    del parts
+    outcome = None
+    if strategy.is_rank0:
+        try:
+            outcome = (_rank0_metrics(ctx, np.concatenate(gathered), split, write, step), None)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            outcome = (None, exc)
+        del gathered
+    metrics, error = strategy.broadcast_from_rank0(outcome)
+    if error is not None:
+        raise error
     ctx.monitor.scalars(step if step is not None else 0,
                         {**{f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                         f"throughput/eval_{split}_rows_per_s": n_rows(rows) / max(seconds, 1e-9)})
-    if write and strategy.is_rank0 and columns:
+                         f"throughput/eval_{split}_rows_per_s": n_rows(rows) / max(time.perf_counter() - started,
+                                                                                   1e-9)})
+    return metrics
+
+
+def _rank0_metrics(ctx: _Context, table: np.ndarray, split: str, write: bool, step: int | None) -> dict:
+    """Metrics of the gathered predictions (deduplicated and sorted by sample id); with ``write``
+    also the predictions file and, for P(yes) scores, the metrics' intervals."""
+    _, first = np.unique(table["sample_id"], return_index=True)
+    table = table[first]
+    columns = {name: np.ascontiguousarray(table[name]) for name in table.dtype.names}
+    metrics, columns = ctx.task.metrics(columns, split=split, step=step)
+    if write and columns:
         _write_predictions(ctx.run_dir / f"predictions_{split}.parquet", columns)
         if "p_yes" in columns:
             from distrec.eval.intervals import ctr_intervals

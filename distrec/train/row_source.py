@@ -141,5 +141,13 @@ class ShardRows:
         return out
 
     def column(self, name: str) -> np.ndarray:
-        """One whole column (for small scalar columns such as ``sample_id``)."""
-        return self.take(np.arange(self.num_rows))[name]
+        """One whole scalar column (``sample_id``, ``user_id``, ...), read a record batch at a time
+        without decoding the others."""
+        out = np.empty(self.num_rows, dtype=self._dtypes[name])
+        for g, (file, group) in enumerate(self._groups):
+            lo = int(self._starts[g])
+            if lo >= self.num_rows:
+                break
+            values = column_to_numpy(self._handles[file].get_batch(group).column(name))
+            out[lo:lo + len(values)] = values[: self.num_rows - lo]
+        return out

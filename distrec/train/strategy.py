@@ -232,6 +232,18 @@ class DeepSpeedStrategy:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_to_rank0(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (in rank order); None on the other ranks."""
+        out: list[Any] | None = [None] * self.world_size if self.is_rank0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_from_rank0(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (the others pass None)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         dist.barrier()
 

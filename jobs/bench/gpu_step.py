@@ -9,8 +9,9 @@ random token ids, using distrec's own objective code (``distrec.objectives.cft``
   ``--target-tokens`` tokens (the LM head runs only there, as in distrec).
 - ``--objective cft``: the factual rows plus counterfactual rows that lack the first half of
   the sequence (the "history"); both branches run forward and backward, and the loss is the
-  CFT loss (λ = 0.1, linear token weights). ``--cft-layout stacked`` (distrec's default) runs
-  both branches in one left-padded forward, ``separate`` in two. ``--compare-sft`` also times
+  CFT loss (λ = 0.1, linear token weights). ``--cft-layout packed`` (distrec's default) runs
+  both branches side by side in one row per instance (``objectives.cft.pack_branches``),
+  ``stacked`` on top of each other in one left-padded ``[2B, S]`` forward, ``separate`` in two. ``--compare-sft`` also times
   an SFT step on the factual rows, scoring the same target tokens, in the same run (same
   model, adapter and optimiser) and reports the ratio of the step times.
 
@@ -18,7 +19,8 @@ Per setting it reports the median step time, tokens/s (tokens of both branches f
 peak device memory (``torch.cuda.max_memory_allocated``; peak RSS on CPU), the model and
 hardware FLOPs of a step (``distrec.train.flops``; hardware adds the forward recomputed by
 activation checkpointing and, for the stacked CFT layout, the padded counterfactual
-columns), and MFU against the vendor's dense bf16 peak (known GPUs, bf16 only) and against
+columns; a dense attention kernel also scores the masked-out pairs across the packed
+layout's two segments, which it does not count), and MFU against the vendor's dense bf16 peak (known GPUs, bf16 only) and against
 an n×n matmul measured in the same run. One machine-readable line per setting is printed,
 prefixed ``RESULT `` (JSON); ``--append PATH`` adds a markdown section to PATH.
 
@@ -95,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--objective", choices=["sft", "cft"], default="sft")
     p.add_argument("--target-tokens", type=int, default=0,
                    help="score only the last K tokens (0: every token; for CFT every counterfactual token)")
-    p.add_argument("--cft-layout", choices=["stacked", "separate"], default="stacked")
+    p.add_argument("--cft-layout", choices=["packed", "stacked", "separate"], default="packed")
     p.add_argument("--compare-sft", action="store_true", help="with --objective cft: time an SFT step too")
     p.add_argument("--peak-n", type=int, default=None, help="matmul size for the measured peak (default 8192 cuda, 256 cpu)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -213,7 +215,7 @@ def step_fn(model, adapter, batch, objective: str, layout: str, h_u: torch.Tenso
         else:
             z_f, z_cf, y = cft_logits(model, batch["f_ids"], batch["f_mask"], batch["f_labels"],
                                       batch["cf_ids"], batch["cf_mask"], PAD_ID, cf_labels=batch["cf_labels"],
-                                      stacked=layout == "stacked", cf_grad=True)
+                                      stacked=layout != "separate", pack=layout == "packed", cf_grad=True)
             assert z_f.shape[0] == z_cf.shape[0] == rows
             sums = cft_loss_sums(z_f, z_cf, y)
             loss = combine(sums, lam=DEFAULT_LAMBDA)

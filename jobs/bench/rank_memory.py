@@ -11,7 +11,16 @@ accumulation 2) and left-pads every micro-batch into tensors, as the loop does:
 - ``whole split`` (the design before): the whole split decoded into the process first, as
   ``load_rows`` pulled it from Ray Data into every worker.
 
-The model adds the same memory to both designs; this measures what differs. Appends a block to
+Evaluation (``--designs eval,eval tuples``): rank 0 of 2 streams its half of the split through
+``eval_batches`` (16 rows a forward) with a stand-in score in place of the model, then holds what
+rank 0 holds for the metrics: both ranks' predictions.
+
+- ``eval`` (today): each batch packed into typed columns (``objectives.tasks.pack_rows``,
+  21 bytes a CTR row), gathered to rank 0 only, sorted by sample id;
+- ``eval tuples`` (the design before): Python tuples per row, gathered to every rank, a dict
+  to deduplicate and an object array to sort.
+
+The model adds the same memory to every design; this measures what differs. Appends a block to
 RESULTS.md with ``--record``.
 """
 
@@ -76,6 +85,8 @@ def run_case(files: list[str], design: str, steps: int) -> dict:
     from distrec.train.monitor import peak_memory_bytes
 
     before = peak_memory_bytes()["host_peak_rss"] / 2**20
+    if design.startswith("eval"):
+        return _eval_case(files, design, before)
     started = time.perf_counter()
     if design == "shards":
         rows = ShardRows(files)
@@ -96,12 +107,48 @@ def run_case(files: list[str], design: str, steps: int) -> dict:
     return {"peak_rss_mib": peak, "baseline_rss_mib": before, "load_s": loaded, "rows_per_s": rate, "steps": steps}
 
 
+def _eval_case(files: list[str], design: str, before: float) -> dict:
+    """Rank 0 of 2 evaluating the whole split: peak RSS (MiB) and rows/s of the streaming part."""
+    import numpy as np
+
+    from distrec.objectives.tasks import CTR_COLUMNS, pack_rows
+    from distrec.train.data_stream import eval_batches
+    from distrec.train.monitor import peak_memory_bytes
+    from distrec.train.row_source import ShardRows
+
+    rows = ShardRows(files)
+    started = time.perf_counter()
+    own: list = []
+    for batch, n_real in eval_batches(rows, 0, 2, 16):
+        ids = batch["sample_id"][:n_real]
+        scored = list(zip(ids.tolist(), batch["user_id"][:n_real].tolist(), batch["label"][:n_real].tolist(),
+                          ((ids * 2654435761) % 1000 / 1000.0).tolist()))
+        if design == "eval":
+            own.append(pack_rows(scored, CTR_COLUMNS))
+        else:
+            own.extend(scored)
+    rate = len(rows) / 2 / (time.perf_counter() - started)
+    if design == "eval":
+        mine = np.concatenate(own)
+        other = mine.copy()
+        other["sample_id"] += 16  # rank 1's rows: the next 16 of every global batch
+        table = np.concatenate([mine, other])
+        table = table[np.unique(table["sample_id"], return_index=True)[1]]
+    else:
+        other = [(s + 16, u, y, p) for s, u, y, p in own]
+        unique = {row[0]: row for part in (own, other) for row in part}
+        table = np.array(sorted(unique.values()), dtype=object)
+    peak = peak_memory_bytes()["host_peak_rss"] / 2**20
+    return {"peak_rss_mib": peak, "baseline_rss_mib": before, "load_s": 0.0, "rows_per_s": rate, "steps": len(table)}
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated sample counts")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--designs", default="shards,whole split",
-                        help="comma-separated: shards, whole split (10^7 rows whole would need ~38 GiB)")
+                        help="comma-separated: shards, whole split (10^7 rows whole would need ~38 GiB), "
+                             "eval, eval tuples")
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--case", nargs=3, metavar=("FILES_JSON", "DESIGN", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -132,7 +179,8 @@ def main(argv: list[str] | None = None) -> str:
         f"\n## Per-rank memory of the data path — {datetime.datetime.now().isoformat(timespec='minutes')}\n",
         f"- Device: {host}",
         f"- Settings: synthetic CTR token shards (prompts 150-350 tokens, 64-item histories), rank 0 of 2, "
-        f"micro 4 x accumulation 2, {args.steps} steps, each case in a fresh process",
+        f"training: micro 4 x accumulation 2, {args.steps} steps; eval: the whole split, 16 rows a forward, "
+        f"a stand-in score; each case in a fresh process",
         f"- Command: `python jobs/bench/rank_memory.py {shlex.join(argv or sys.argv[1:])}`\n",
         "| samples | shards on disk (write time) | design | peak RSS MiB | load s | rows/s |",
         "|---|---|---|---|---|---|",

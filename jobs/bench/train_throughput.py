@@ -46,10 +46,16 @@ ROWS = {  # name: (config, overrides, baseline group)
     "rellax": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=generated", "spa.enabled=true"], "ctr"),
     "sft": (GEN_CONFIG, ["cft.lam=0"], "gen"),
     "cft": (GEN_CONFIG, [], "gen"),
+    "cft-stacked": (GEN_CONFIG, ["cft.pack=false"], "gen"),
+    "lora-grouped": (CTR_CONFIG, ["train.group_by_length=true"], "ctr"),
+    "sft-grouped": (GEN_CONFIG, ["cft.lam=0", "train.group_by_length=true"], "gen"),
+    "cft-grouped": (GEN_CONFIG, ["train.group_by_length=true"], "gen"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
-          "cft": "distrec CFT, both branches (generative)"}
+          "cft": "distrec CFT, branches packed (generative)", "cft-stacked": "distrec CFT, branches stacked (generative)",
+          "lora-grouped": "distrec LoRA, length-grouped (CTR)", "sft-grouped": "distrec LoRA SFT, length-grouped",
+          "cft-grouped": "distrec CFT packed, length-grouped"}
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:
@@ -63,14 +69,16 @@ def summarise(step_s: list[float], tokens: list[float], samples: list[float], wo
             "tokens_per_s_per_rank": sum(k) / sum(t) / world, "samples_per_s": sum(n) / sum(t)}
 
 
-def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup: int, storage: Path) -> dict:
+def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup: int, storage: Path,
+                profile: bool = False) -> dict:
     from distrec.config import load_job_config
     from distrec.train.launcher import run_job
     from distrec.eval.tensorboard import read_scalars
 
     name = f"bench-{row}-{time.strftime('%Y%m%d-%H%M%S')}"
     job = load_job_config(config, [*COMMON, *overrides, f"train.max_steps={warmup + steps}",
-                                   f"ray.storage_path={storage}", f"ray.run_name={name}"])
+                                   f"ray.storage_path={storage}", f"ray.run_name={name}",
+                                   *([f"debug.profile_step={warmup + 1}"] if profile else [])])
     run = run_job(job)
     series = {tag: [v for _, v in points] for tag, points in read_scalars(run.run_dir / "tensorboard").items()}
     step_s = series["throughput/step_time_s"]
@@ -80,6 +88,10 @@ def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup:
     for phase in ("data_wait", "compute", "optimizer"):
         out[f"{phase}_s"] = statistics.median(_measured(series[f"throughput/{phase}_s"], warmup))
     out["peak_rss_gib"] = max(series["memory/host_peak_rss_gib"])
+    out["padding"] = statistics.mean(_measured(series.get("data/padding_fraction", [float("nan")]), warmup))
+    out["forward_tokens"] = sum(_measured(series.get("data/forward_tokens", [float("nan")]), warmup))
+    if profile:
+        out["profile"] = json.loads((run.run_dir / "diagnostics" / f"profile_rank0_step{warmup + 1}.json").read_text())
     if "memory/cuda_max_allocated_gib" in series:
         out["peak_device_gib"] = max(series["memory/cuda_max_allocated_gib"])
     return out
@@ -113,22 +125,49 @@ def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: 
 
 def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
     lines = ["| row | tokens/s (all ranks) | tokens/s per rank | samples/s | step s (median) | data / fwd+bwd / optim s "
-             "| peak RSS rank 0 GiB | vs HF Trainer (tokens/s) |", "|---|---|---|---|---|---|---|---|"]
-    for group, base in baselines.items():
-        lines.append(f"| HF Trainer + PEFT LoRA ({'CTR' if group == 'ctr' else 'generative'}) | {base['tokens_per_s']:,.0f} "
-                     f"| {base['tokens_per_s_per_rank']:,.0f} | {base['samples_per_s']:.2f} | {base['step_s']:.2f} | – "
-                     f"| {base['peak_rss_gib']:.2f} | 1.00× |")
+             "| padding | peak RSS rank 0 GiB | vs HF Trainer (tokens/s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for group in dict.fromkeys(ROWS[name][2] for name in results):
+        base = baselines.get(group)
+        if base:
+            lines.append(f"| HF Trainer + PEFT LoRA ({'CTR' if group == 'ctr' else 'generative'}) "
+                         f"| {base['tokens_per_s']:,.0f} | {base['tokens_per_s_per_rank']:,.0f} "
+                         f"| {base['samples_per_s']:.2f} | {base['step_s']:.2f} | – | – | {base['peak_rss_gib']:.2f} "
+                         f"| 1.00× |")
         for name, r in results.items():
             if ROWS[name][2] != group:
                 continue
             split = f"{r['data_wait_s']:.3f} / {r['compute_s']:.2f} / {r['optimizer_s']:.2f}"
+            ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else "–"
             lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
-                         f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['peak_rss_gib']:.2f} "
-                         f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f}× |")
-    if "cft" in results and "sft" in results:
-        lines.append(f"\nCFT step / distrec SFT step (medians, same batch): "
-                     f"{results['cft']['step_s'] / results['sft']['step_s']:.2f}×")
+                         f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['padding']:.1%} "
+                         f"| {r['peak_rss_gib']:.2f} | {ratio} |")
+    for cft, sft in (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped")):
+        if cft in results and sft in results:
+            c, f = results[cft], results[sft]
+            lines.append(f"\n{LABELS[cft]} step / {LABELS[sft]} step (medians, same samples): "
+                         f"{c['step_s'] / f['step_s']:.2f}×; tokens through the model (factual + counterfactual "
+                         f"over factual): {c['forward_tokens'] / f['forward_tokens']:.2f}×")
+    profiled = {name: r["profile"] for name, r in results.items() if "profile" in r}
+    if profiled:
+        lines.append("\n" + profile_table(profiled))
     return "\n".join(lines)
+
+
+def profile_table(profiles: dict[str, dict]) -> str:
+    """Rank 0's profiled step per row (``distrec.train.profiling``): seconds per phase and collective."""
+    kinds = ("all_gather", "reduce_scatter", "all_reduce")
+    out = ["| row (rank 0, one step) | step s | forward | backward | optimiser | data wait | host | "
+           + " | ".join(f"{k} s (calls; backend threads s)" for k in kinds) + " | recompute | top self-time ops |",
+           "|---|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|---|"]
+    for name, p in profiles.items():
+        ph, coll = p["phases"], p["collectives"]
+        cells = [f"{coll[k]['s']:.2f} ({coll[k]['calls']}; backend {coll[k]['backend_s']:.2f})" if k in coll else "0"
+                 for k in kinds]
+        ops = ", ".join(f"{o['name']} {o['self_cpu_s']:.2f}" for o in p["top_ops"][:4])
+        out.append(f"| {LABELS[name]} | {p['step_s']:.2f} | {ph['forward']:.2f} | {ph['backward']:.2f} | "
+                   f"{ph['optimizer']:.2f} | {ph['data_wait']:.3f} | {ph['host']:.2f} | " + " | ".join(cells)
+                   + f" | {p['recompute_s']:.2f} | {ops} |")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -138,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped before measuring")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the first measured step of each distrec row (torch.profiler, rank 0's breakdown)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF Trainer rows (profile or layout runs)")
     args, overrides = parser.parse_known_args(argv)
     names = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(names) - set(ROWS))
@@ -148,12 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     baselines: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="distrec-bench-") as tmp:
-        for group in dict.fromkeys(ROWS[n][2] for n in names):
+        for group in dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ():
             config = next(ROWS[n][0] for n in names if ROWS[n][2] == group)
             baselines[group] = hf_row(config, overrides, args.steps, args.warmup, Path(tmp))
         for name in names:
             config, extra, _ = ROWS[name]
-            results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs")
+            results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs",
+                                        profile=args.profile)
     text = table(results, baselines)
     from distrec.config import load_job_config
     from benchhost import describe_host

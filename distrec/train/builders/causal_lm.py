@@ -56,17 +56,16 @@ def build_causal_lm(job, strategy, loop_config: dict) -> Built:
     def test_extras(ctx, rows, prepared_dir: Path) -> dict:
         if job.data.task != "generative" or not job.eval.generate:
             return {}
-        from distrec.train.data_stream import n_rows, take
-
-        return grounded_test_metrics(ctx, tokenizer, take(rows, np.arange(n_rows(rows))), prepared_dir)
+        return grounded_test_metrics(ctx, tokenizer, rows, prepared_dir)
 
     return Built(model=model, task=make_task(job, tokenizer, strategy.device, conditioning), export=export,
                  log_samples=log_samples, test_extras=test_extras, flop_config=backbone_config)
 
 
 def grounded_test_metrics(ctx, tokenizer, rows, prepared_dir: Path) -> dict:
-    """Beam search on every test row (held whole: generation reads its split at once), grounded
-    to catalogue items: HR@K / NDCG@K and their intervals; rank 0 writes ``predictions_test.parquet``."""
+    """Beam search on every test row (``rows``: the split's ``ShardRows``; each rank reads its own
+    share), grounded to catalogue items: HR@K / NDCG@K and their intervals; rank 0 writes
+    ``predictions_test.parquet``."""
     import pyarrow.parquet as pq
 
     from distrec.data.prompts import Catalog
@@ -90,7 +89,8 @@ def grounded_test_metrics(ctx, tokenizer, rows, prepared_dir: Path) -> dict:
         from distrec.eval.compare import ranking_predictions
         from distrec.eval.intervals import ranking_intervals
 
-        write_parquet_file(ranking_predictions(rows["sample_id"], rows["user_id"], rows["item_id"], ranks, e.ks,
+        ids = {name: rows.column(name) for name in ("sample_id", "user_id", "item_id")}
+        write_parquet_file(ranking_predictions(ids["sample_id"], ids["user_id"], ids["item_id"], ranks, e.ks,
                                                top_item_ids=top), ctx.run_dir / "predictions_test.parquet")
-        metrics.update(ranking_intervals(ranks, rows["user_id"], e.ks))
+        metrics.update(ranking_intervals(ranks, ids["user_id"], e.ks))
     return metrics
