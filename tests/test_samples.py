@@ -92,8 +92,10 @@ def _naive_histories(rows, min_history, cap):
     return out
 
 
-@pytest.mark.parametrize("cap", [None, 3])
-def test_ctr_samples_match_naive_loop_on_random_ties(cap):
+@pytest.mark.parametrize("cap, chunk", [(None, 1 << 24), (3, 1 << 24), (None, 7), (3, 1)])
+def test_ctr_samples_match_naive_loop_on_random_ties(cap, chunk, monkeypatch):
+    """Also with the histories gathered a few entries at a time (``chunk``): the same lists."""
+    monkeypatch.setattr("distrec.data.samples._CHUNK_VALUES", chunk)
     # few distinct timestamps -> many ties within and across users; no duplicate (u, i, t) keys
     rows = list({(u, i, t): (u, i, r, t) for u, i, r, t in _random_rows(0, 600, 15, 40, 30)}.values())
     got = build_ctr_samples(tables_of(rows), min_history=5, label_threshold=4.0, max_history_stored=cap)
@@ -104,6 +106,7 @@ def test_ctr_samples_match_naive_loop_on_random_ties(cap):
     assert got.column("label").to_pylist() == [int(e[3] >= 4.0) for e in expected]
     assert got.column("history_item_ids").to_pylist() == [e[5] for e in expected]
     assert got.column("history_ratings").to_pylist() == [e[6] for e in expected]
+    assert chunk > 1000 or got.column("history_item_ids").num_chunks > 10
 
 
 def test_generative_matches_naive_loop():

@@ -38,26 +38,42 @@ from distrec.errors import DataError
 _MAX_LIST_VALUES = 2**31 - 1  # list<...> uses int32 offsets
 
 
+_CHUNK_VALUES = 1 << 24  # history entries gathered at a time (bounds the index arrays' memory)
+
+
 @dataclass(frozen=True)
 class _Histories:
     """Which interactions become samples and which interactions form their histories.
 
     ``targets``: (s,) row indices into the interactions table, in global order.
     ``sample_ids``: (s,) int64 global positions of the targets.
-    ``offsets``: (s+1,) int32 list offsets; sample j's history is ``values[offsets[j]:offsets[j+1]]``.
-    ``values``: (offsets[-1],) row indices into the interactions table, oldest first per sample.
+    ``offsets``: (s+1,) int64 list offsets; sample j's history is entries ``offsets[j]:offsets[j+1]``.
+    ``first``: (s,) the position, in ``rows_by_user``, of each sample's oldest kept entry.
+    ``rows_by_user``: (n,) row indices into the interactions table grouped by user, each user's
+    rows in global order; sample j's history is ``rows_by_user[first[j]:first[j] + length_j]``.
     """
 
     targets: np.ndarray
     sample_ids: np.ndarray
     offsets: np.ndarray
-    values: np.ndarray
+    first: np.ndarray
+    rows_by_user: np.ndarray
 
-    def lists(self, column: np.ndarray, type_: pa.DataType) -> pa.ListArray:
-        """The histories as a list array of ``column`` (a per-interaction numpy array)."""
-        return pa.ListArray.from_arrays(
-            pa.array(self.offsets, type=pa.int32()), pa.array(column[self.values], type=type_)
-        )
+    def lists(self, column: np.ndarray, type_: pa.DataType) -> pa.ChunkedArray:
+        """The histories as list arrays of ``column`` (a per-interaction numpy array), gathered
+        about ``_CHUNK_VALUES`` entries at a time, so only the result grows with the data."""
+        chunks, n = [], len(self.targets)
+        a = 0
+        while a < n or not chunks:
+            b = int(np.searchsorted(self.offsets, self.offsets[a] + _CHUNK_VALUES, side="right")) - 1
+            b = min(max(b, a + 1), n)
+            lo, hi = int(self.offsets[a]), int(self.offsets[b])
+            lengths = np.diff(self.offsets[a:b + 1])
+            slots = np.repeat(self.first[a:b] - self.offsets[a:b], lengths) + np.arange(lo, hi)
+            chunks.append(pa.ListArray.from_arrays(pa.array(self.offsets[a:b + 1] - lo, type=pa.int32()),
+                                                   pa.array(column[self.rows_by_user[slots]], type=type_)))
+            a = b
+        return pa.chunked_array(chunks, type=pa.list_(type_))
 
 
 def global_order(interactions: pa.Table) -> np.ndarray:
@@ -75,16 +91,21 @@ def _histories(interactions: pa.Table, min_history: int, max_len: int | None) ->
     users_g = interactions.column("user_id").to_numpy()[order]
     by_user = np.argsort(users_g, kind="stable")  # grouped by user, each group in global order
     grouped = users_g[by_user]
-    first = np.ones(n, dtype=bool)
-    first[1:] = grouped[1:] != grouped[:-1]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))  # per by_user slot
+    del users_g
+    is_first = np.ones(n, dtype=bool)
+    is_first[1:] = grouped[1:] != grouped[:-1]
+    del grouped
+    group_start = np.maximum.accumulate(np.where(is_first, np.arange(n), 0))  # per by_user slot
+    del is_first
     slot = np.empty(n, dtype=np.int64)
     slot[by_user] = np.arange(n)  # global position -> by_user slot
     earlier = slot - group_start[slot]  # per global position: the user's earlier interactions
 
     sample_ids = np.flatnonzero(earlier >= min_history)
+    del earlier
     end = slot[sample_ids]
     start = group_start[end]
+    del slot, group_start
     if max_len is not None:
         start = np.maximum(start, end - max_len)
     lengths = end - start
@@ -96,13 +117,8 @@ def _histories(interactions: pa.Table, min_history: int, max_len: int | None) ->
         )
     offsets = np.zeros(len(sample_ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    slots = np.repeat(start - offsets[:-1], lengths) + np.arange(total)
-    return _Histories(
-        targets=order[sample_ids],
-        sample_ids=sample_ids.astype(np.int64),
-        offsets=offsets.astype(np.int32),
-        values=order[by_user[slots]],
-    )
+    return _Histories(targets=order[sample_ids], sample_ids=sample_ids.astype(np.int64), offsets=offsets,
+                      first=start, rows_by_user=order[by_user])
 
 
 def _interactions(tables: CanonicalTables) -> pa.Table:
