@@ -27,7 +27,7 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/vulture distrec jobs vulture_whitelist.py --min-confidence 60
 	home=$$(mktemp -d -t distrec-test-home.XXXXXX) && trap 'rm -rf "$$home"' EXIT && \
-	  DISTREC_HOME=$$home DISTREC_TEST_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider
+	  DISTREC_HOME=$$home DISTREC_TEST_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 test-all: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m ""
@@ -41,3 +41,9 @@ smoke: data
 
 clean-venv:
 	rm -rf $(VENV)
+
+# What a lent GPU machine lacks for jobs/gpu/oneshot.sh (jobs/gpu/README.md), into the ignored
+# .gpu_pack/: cp312 Ray/DeepSpeed/faiss, ML-100K, a 1B model folder. Fails at >= 64 MiB with the repo.
+.PHONY: gpu-pack
+gpu-pack: setup
+	$(PY) jobs/gpu/pack.py build
