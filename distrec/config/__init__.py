@@ -42,6 +42,8 @@ class DataConfig:
     # column holds (full histories there hold several billion), while 64 stays above what
     # any stage reads: prompt.history_k (10) and SUBR's k (30) recent or retrieved items.
     # SUBR retrieves from the stored entries only: raise it (or null) for a larger pool.
+    # Memory: the samples hold 12 bytes an entry (item id, rating); on an ML-25M-shaped set
+    # the CTR prepare peaked at 17.5 GiB with 64 (jobs/bench/ml25m_prepare.py, RESULTS.md).
     max_history_stored: Optional[int] = 64
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     num_shards: int = 4
