@@ -375,3 +375,15 @@ def test_shard_tasks_cover_every_source_row_once_in_order():
     assert [(t["lo"], t["hi"]) for t in train if t["src"].endswith("00000.parquet")] == [(i * 125, (i + 1) * 125) for i in range(8)]
     assert [(t["src"], t["lo"], t["hi"]) for t in train[8:]] == [("/src/train/part-00001.parquet", 0, 7)]
     assert [(t["rel"], t["lo"], t["hi"]) for t in tasks if t["split"] == "test"] == [("test/part-00000.parquet", 0, 0)]
+
+
+def test_shard_tasks_cap_the_rows_of_a_task(monkeypatch):
+    """One actor over a big split: tasks stop at MAX_TASK_ROWS rows, so its memory stays bounded."""
+    from distrec.retrieval import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_TASK_ROWS", 300)
+    manifest = {"splits": {"train": {"rows": 2000, "files": [{"path": "train/part-00000.parquet", "rows": 2000}]}}}
+    tasks = pipeline.shard_tasks(Path("/src"), manifest, n_actors=1, min_rows=100)
+    # 2,000 rows / 4 = 500 a task uncapped; capped at 300 -> ceil(2000 / 300) = 7 ranges of 285-286
+    assert len(tasks) == 7 and max(t["hi"] - t["lo"] for t in tasks) <= 300
+    assert [t["lo"] for t in tasks[1:]] == [t["hi"] for t in tasks[:-1]] and tasks[-1]["hi"] == 2000

@@ -74,15 +74,21 @@ class SubrActor:
         return pa.table({"rel": batch.column("rel"), "entry": pa.array(entries, pa.string())})
 
 
+# Rows of one SUBR task: with 64 stored history entries a row, ~2 GiB of index arrays at most
+# (ML-25M-shaped CTR samples in one task per shard held ~12 GB in one actor).
+MAX_TASK_ROWS = 500_000
+
+
 def shard_tasks(root: Path, manifest: dict[str, Any], n_actors: int, min_rows: int) -> list[dict[str, Any]]:
     """One task per output shard: ``{split, src, lo, hi, rel}``, splits and rows in order.
 
     Source shards are cut into row ranges of about ``total / (4·n_actors)`` rows (at least
-    ``min_rows``), so every actor has work even when a split is one file; an empty source
-    shard is one empty task (its schema survives).
+    ``min_rows``, at most ``MAX_TASK_ROWS``), so every actor has work even when a split is one
+    file and an actor's memory does not grow with the dataset; an empty source shard is one
+    empty task (its schema survives).
     """
     total = sum(s["rows"] for s in manifest["splits"].values())
-    chunk = max(min_rows, -(-total // (4 * max(1, n_actors))))
+    chunk = min(MAX_TASK_ROWS, max(min_rows, -(-total // (4 * max(1, n_actors)))))
     tasks = []
     for name, split in manifest["splits"].items():
         bounds = [(str(root / f["path"]), lo, hi) for f in split["files"]

@@ -283,10 +283,10 @@ def _list_parts(col: pa.ChunkedArray | pa.Array, what: str) -> tuple[np.ndarray,
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
         raise DataError(f"SUBR: column {what} must be a list, got {arr.type}")
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     if flat.size != offsets[-1]:
         raise DataError(f"SUBR: column {what} holds null items")
     return offsets, flat
