@@ -76,11 +76,13 @@ def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup:
     from distrec.eval.tensorboard import read_scalars
 
     name = f"bench-{row}-{time.strftime('%Y%m%d-%H%M%S')}"
-    job = load_job_config(config, [*COMMON, *overrides, f"train.max_steps={warmup + steps}",
+    profiled = warmup + steps + 1  # one step after the measured ones: the profiler's overhead stays out of them
+    job = load_job_config(config, [*COMMON, *overrides, f"train.max_steps={profiled if profile else warmup + steps}",
                                    f"ray.storage_path={storage}", f"ray.run_name={name}",
-                                   *([f"debug.profile_step={warmup + 1}"] if profile else [])])
+                                   *([f"debug.profile_step={profiled}"] if profile else [])])
     run = run_job(job)
-    series = {tag: [v for _, v in points] for tag, points in read_scalars(run.run_dir / "tensorboard").items()}
+    series = {tag: [v for _, v in points][:warmup + steps]  # without the profiled step, if any
+              for tag, points in read_scalars(run.run_dir / "tensorboard").items()}
     step_s = series["throughput/step_time_s"]
     tokens = [r * s for r, s in zip(series["throughput/tokens_per_s"], step_s)]
     samples = [r * s for r, s in zip(series["throughput/samples_per_s"], step_s)]
@@ -91,7 +93,7 @@ def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup:
     out["padding"] = statistics.mean(_measured(series.get("data/padding_fraction", [float("nan")]), warmup))
     out["forward_tokens"] = sum(_measured(series.get("data/forward_tokens", [float("nan")]), warmup))
     if profile:
-        out["profile"] = json.loads((run.run_dir / "diagnostics" / f"profile_rank0_step{warmup + 1}.json").read_text())
+        out["profile"] = json.loads((run.run_dir / "diagnostics" / f"profile_rank0_step{profiled}.json").read_text())
     if "memory/cuda_max_allocated_gib" in series:
         out["peak_device_gib"] = max(series["memory/cuda_max_allocated_gib"])
     return out
