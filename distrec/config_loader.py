@@ -40,6 +40,8 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for item in overrides or []:
         apply_override(data, item)
+    if overrides:  # an error may come from either: name both
+        where = f"{where} with overrides {' '.join(overrides)}"
     return from_dict(cls, data, where=where)
 
 

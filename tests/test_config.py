@@ -35,6 +35,10 @@ def test_unknown_key_is_named_with_closest_suggestion(tmp_path):
     assert str(path) in str(err.value)
     with pytest.raises(ConfigError, match=r"unknown key 'daat'; did you mean 'data'"):
         load_job_config(None, ["daat.dataset=ml-1m"])
+    fine = write(tmp_path, "data:\n  task: ctr\n")
+    with pytest.raises(ConfigError, match=r"with overrides data\.max_history_stord=8: unknown key") as err:
+        load_job_config(fine, ["data.max_history_stord=8"])
+    assert str(fine) in str(err.value)  # the typo is the override's, and the message says it may be
 
 
 @pytest.mark.parametrize(
