@@ -174,7 +174,8 @@ def grounded_metrics(model, tokenizer, strategy, rows, titles: dict[int, str], *
     item_ids, vectors = embed_catalogue(model, tokenizer, strategy, names, batch_size, where)
     index = ItemIndex(item_ids, vectors, titles=names if merge_duplicate_titles else None)
 
-    rows_share, n_rows = equal_share(len(rows["sample_id"]) if isinstance(rows, dict) else len(rows), rank, world)
+    n_total = len(rows["sample_id"]) if isinstance(rows, dict) else len(rows)
+    rows_share, n_rows = equal_share(n_total, rank, world)
     share = rows.take(rows_share) if hasattr(rows, "take") else {k: rows[k][rows_share] for k in _SHARE_COLUMNS}
     prompts = prompt_texts(tokenizer, share["input_ids"], share["labels"])
     real = np.repeat(np.arange(len(prompts)) < n_rows, num_beams)
@@ -193,7 +194,7 @@ def grounded_metrics(model, tokenizer, strategy, rows, titles: dict[int, str], *
     canon = canonical_ids(names) if merge_duplicate_titles else None
     local_top = [final_ranking(beams_of_row, mode, canon)[:max(ks)] for beams_of_row in per_row]
     empty = (~named).reshape(len(prompts), num_beams)[:n_rows]
-    ranks = np.full(len(rows["sample_id"]) if isinstance(rows, dict) else len(rows), -1, dtype=np.int64)
+    ranks = np.full(n_total, -1, dtype=np.int64)
     top: list[list[int]] = [[] for _ in range(len(ranks))]
     n_empty = n_empty_top = 0
     for positions, part, part_top, beams_empty, tops_empty in strategy.all_gather_object(

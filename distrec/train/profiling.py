@@ -23,6 +23,7 @@ device time is added per operator. Nothing is recorded unless the step is named.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,8 +93,6 @@ def profiled(path: Path, enabled: bool, step_timer) -> Iterator[None]:
     if not enabled:
         yield
         return
-    import time
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     started = time.perf_counter()
     with profile(activities=activities) as prof:

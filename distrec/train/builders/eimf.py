@@ -8,17 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from distrec.train.builders import Built, whole_model_export
-
-
-def _column(files: list[str], name: str) -> np.ndarray:
-    """One scalar column of a split's row shards (memory-mapped: only that column is read)."""
-    parts = [ipc.open_file(pa.memory_map(f)).read_all().column(name).to_numpy() for f in files]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+from distrec.train.row_source import ShardRows
 
 
 def build_eimf(job, strategy, loop_config: dict) -> Built:
@@ -32,7 +25,7 @@ def build_eimf(job, strategy, loop_config: dict) -> Built:
     bank = SemanticBank(pq.read_table(cfg.labels)) if cfg.labels else None
     model = build_model(index.num_items, cfg, bank.dim if bank is not None else None).to(strategy.device)
     train_files = loop_config["token_files"].get("train", [])
-    targets = index.rows(_column(train_files, "item_id"), where="train item_id") if train_files else np.ones(1, np.int64)
+    targets = index.rows(ShardRows(train_files).column("item_id"), where="train item_id") if train_files else np.ones(1, np.int64)
     sampler = build_sampler(cfg, index.num_items, targets)  # the same seeded negatives on every rank
 
     def export(run_dir: Path) -> None:
