@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "bench" / "ml25m_prepare.py"
+from bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("ml25m_prepare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ml25m_prepare")
 
 
 @pytest.fixture(scope="module")
