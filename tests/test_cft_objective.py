@@ -5,6 +5,7 @@ left-padded single-forward plumbing on a tiny random Llama (no downloads)."""
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Mapping
 
 import pytest
@@ -20,6 +21,7 @@ from distrec.objectives.cft import (
     keep_length,
     label_normalisers,
     pack_branches,
+    shared_prefix_lengths,
     response_labels,
     response_logits,
     split_branches,
@@ -393,8 +395,19 @@ def _float64_llama():
     return LlamaForCausalLM(cfg).double()
 
 
-def _loss_and_grads(model, trainable, **layout):
-    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = cft_rows()
+def shared_prefix_rows():
+    """Counterfactual prompts that begin with the factual prompt's first tokens (one preamble for
+    both branches): row 0 shares 4 tokens then differs; row 1 is the factual row without its
+    history, so it shares its whole prompt (3 tokens); row 2 shares nothing."""
+    resp = [[5, 6, 7, EOS], [8, 9, EOS], [10, 11, 12, 13, 14, EOS]]
+    f = [[20, 21, 22, 23, 30, 31, 32, 24], [25, 26, 27, 33, 34, 35, 36, 37], [28, 29, 38]]
+    cf = [[20, 21, 22, 23, 24, 39], [25, 26, 27], [2, 3, 4, 5]]
+    return (left_padded([p + r for p, r in zip(f, resp)], [len(r) for r in resp]),
+            left_padded([p + r for p, r in zip(cf, resp)], [len(r) for r in resp]))
+
+
+def _loss_and_grads(model, trainable, rows=cft_rows, **layout):
+    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = rows()
     model.zero_grad()
     z_f, z_cf, y = cft_logits(model, f_ids, f_mask, f_lab, cf_ids, cf_mask, PAD, **layout)
     loss = combine(cft_loss_sums(z_f, z_cf, y), lam=0.1)
@@ -402,32 +415,78 @@ def _loss_and_grads(model, trainable, **layout):
     return float(loss.detach()), [p.grad.clone() for p in trainable]
 
 
-def test_packed_branches_give_the_separate_forwards_loss_and_gradients():
-    """Packing (one [B, Tcf+Tf] row per instance) against the reference of two plain forwards,
-    each row in its own left-padded batch, and against the stacked [2B, T] layout."""
-    model = _float64_llama()
+def _norms_in_float64(model):
+    """Hugging Face's ``LlamaRMSNorm`` computes in float32 whatever the model's dtype, so its
+    backward rounds the upstream gradient to float32: a prefix token shared by both branches
+    gets ``round32(g_f + g_cf)`` where separate rows get ``round32(g_f) + round32(g_cf)``. The
+    same formula in the input's dtype removes that rounding and leaves the layout's own error."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+    for module in model.modules():
+        if isinstance(module, LlamaRMSNorm):
+            module.forward = types.MethodType(forward, module)
+    return model
+
+
+@pytest.mark.parametrize("rows", [cft_rows, shared_prefix_rows])
+def test_packed_branches_give_the_separate_forwards_loss_and_gradients(rows):
+    """Packing (one row per instance, the shared prefix computed once) against the reference of
+    two plain forwards, each row in its own left-padded batch, and against the stacked [2B, T]
+    layout: equal to float64 rounding."""
+    model = _norms_in_float64(_float64_llama())
     params = [p for p in model.parameters()]
-    ref_loss, ref_grads = _loss_and_grads(model, params, stacked=False)
+    ref_loss, ref_grads = _loss_and_grads(model, params, rows, stacked=False)
     for layout in ({"pack": True}, {"pack": False}):
-        loss, grads = _loss_and_grads(model, params, **layout)
+        loss, grads = _loss_and_grads(model, params, rows, **layout)
         assert loss == pytest.approx(ref_loss, rel=1e-12, abs=1e-12), layout
         for g, r in zip(grads, ref_grads):
             assert torch.allclose(g, r, rtol=1e-9, atol=1e-12), layout
 
 
-def test_packed_rows_hold_both_segments_and_restart_positions():
-    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = cft_rows()
+def test_shared_prefix_with_stock_norms_agrees_to_float32_rounding():
+    model = _float64_llama()
+    params = [p for p in model.parameters()]
+    ref_loss, ref_grads = _loss_and_grads(model, params, shared_prefix_rows, stacked=False)
+    loss, grads = _loss_and_grads(model, params, shared_prefix_rows, pack=True)
+    assert loss == ref_loss  # the forward is exact: only the norms' backward rounds
+    worst = max(float(((g - r).abs() / (r.abs().max() + 1e-30)).max()) for g, r in zip(grads, ref_grads))
+    assert 0 < worst < 1e-6
+
+
+def test_shared_prefix_lengths_by_hand():
+    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = shared_prefix_rows()
+    # common prefixes: 4, 3 (row 1's whole prompt), 0; each capped at its counterfactual length
+    # (10, 6, 10) minus its scored tokens minus 1
+    labelled = (f_lab != IGNORE_INDEX).sum(1)
+    assert labelled.tolist() == [4, 3, 6]
+    assert shared_prefix_lengths(f_ids, f_mask, cf_ids, cf_mask, labelled).tolist() == [4, 2, 0]
+    assert shared_prefix_lengths(f_ids, f_mask, cf_ids, cf_mask, 6).tolist() == [3, 0, 0]
+    assert shared_prefix_lengths(f_ids, f_mask, cf_ids, cf_mask, 1).tolist() == [4, 3, 0]
+
+
+def test_packed_rows_share_the_prefix_and_continue_its_positions():
+    (f_ids, f_mask, f_lab), (cf_ids, cf_mask, _) = shared_prefix_rows()
     n = keep_length(f_lab)
-    ids, positions, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n)
-    t_cf, t_f = cf_ids.shape[1], f_ids.shape[1]
-    assert ids.shape == positions.shape == (3, t_cf + t_f)  # not 2 rows of max(Tf, Tcf) each
-    assert torch.equal(ids[:, :t_cf], cf_ids) and torch.equal(ids[:, t_cf:], f_ids)
-    # row 1: counterfactual prompt 3 + response 3 = 6 real tokens of t_cf = 11 columns
-    assert t_cf == 11 and positions[1, :t_cf].tolist() == [0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5]
-    assert positions[1, t_cf:].tolist() == [0] * (t_f - 15) + list(range(15))  # prompt 12 + response 3
-    assert keep.tolist() == [*range(t_cf - n - 1, t_cf - 1), *range(t_cf + t_f - n - 1, t_cf + t_f - 1)]
+    ids, positions, mask, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n, (f_lab != IGNORE_INDEX).sum(1))
+    t_f = f_ids.shape[1]  # row 0: 8 prompt + 4 response tokens
+    # tails: row 0 has 10 - 4 = 6 tokens, row 1 6 - 2 = 4, row 2 10: width 10, not the 10 of the whole
+    # counterfactual width plus the factual width
+    assert t_f == 12 and ids.shape == positions.shape == (3, t_f + 10) and mask.shape == (3, 1, 22, 22)
+    assert ids[0, t_f + 4:].tolist() == [24, 39, 5, 6, 7, EOS]
+    assert positions[0, t_f:].tolist() == [0, 0, 0, 0, 4, 5, 6, 7, 8, 9]  # continues after the 4 shared
+    assert positions[2, t_f:].tolist() == list(range(10))
+    row0 = mask[0, 0]
+    f_first = t_f - 12  # row 0's factual tokens start at column 0
+    tail_first = t_f + 4
+    assert row0[tail_first, f_first:f_first + 4].all() and not row0[tail_first, f_first + 4:t_f].any()
+    assert row0[tail_first, t_f:tail_first + 1].tolist() == [False] * 4 + [True]
+    assert not row0[:t_f, t_f:].any()  # the factual segment never sees the tail
+    assert keep.tolist() == [*range(t_f - n - 1, t_f - 1), *range(22 - n - 1, 22 - 1)]
     with pytest.raises(ValueError, match="segment widths"):
-        pack_branches(f_ids, f_mask, cf_ids, cf_mask, t_cf)
+        pack_branches(f_ids, f_mask, cf_ids, cf_mask, cf_ids.shape[1])
 
 
 def test_packed_branches_carry_cflora_instances_per_row():

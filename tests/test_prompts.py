@@ -157,6 +157,15 @@ def test_counterfactual_prompt_exact_and_history_free(catalog, sample):
     assert "### Input:" not in prompt
 
 
+def test_counterfactual_prompt_with_the_same_preamble_is_the_factual_without_its_input(catalog, sample):
+    factual, _ = build_generative_prompt(sample, catalog)
+    prompt, response = build_counterfactual_prompt(sample, catalog, same_preamble=True)
+    head, rest = factual.split("### Input:\n", 1)
+    assert prompt == head + rest.split("\n\n", 1)[1]  # everything but the Input block, unchanged
+    assert prompt.startswith("Below is a task together with some context about the user.")
+    assert response == build_generative_prompt(sample, catalog)[1]
+
+
 @pytest.mark.parametrize(
     "kwargs, expected",
     [

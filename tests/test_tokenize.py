@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -241,3 +242,23 @@ def test_history_indices_column_is_used(tokenizer, catalog):
     out = tokenize_batch({k: [v] for k, v in sample.items()}, catalog, tokenizer, cfg(k=4), "ctr")
     assert out["n_history_shown"] == [2]
     assert titles_in(tokenizer, out["input_ids"][0]) == ["Alpha", "Charlie", "Golf"]
+
+
+def test_same_preamble_counterfactual_shares_the_factual_prompt_up_to_the_history(tokenizer, catalog):
+    from distrec.objectives.cft import shared_prefix_lengths
+
+    sample = make_sample()
+    same = PromptConfig(history_k=10, max_length=512, use_chat_template=False, cf_preamble="same")
+    fact = tokenize_generative(sample, catalog, tokenizer, same, counterfactual=False)
+    cf = tokenize_generative(sample, catalog, tokenizer, same, counterfactual=True)
+    authors_cf = tokenize_generative(sample, catalog, tokenizer, cfg(), counterfactual=True)
+    head = build_generative_prompt(sample, catalog)[0].split("### Input:")[0]
+    n_head = len(tokenizer.encode(head, add_special_tokens=False))
+
+    def common(a, b):
+        ids = [torch.tensor([a["input_ids"]]), torch.tensor([b["input_ids"]])]
+        return int(shared_prefix_lengths(ids[0], torch.ones_like(ids[0]), ids[1], torch.ones_like(ids[1]), 0)[0])
+
+    # the whole prompt before the Input block, and the "###" that opens the next header
+    assert n_head <= common(fact, cf) <= n_head + 1
+    assert common(fact, authors_cf) < n_head / 3  # the authors' preamble differs after a few words

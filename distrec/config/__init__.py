@@ -77,6 +77,10 @@ class PromptConfig:
     # assistant header ends the line), " Yes"/" No" after a plain prompt (ReLLa's layout).
     answer_yes: Optional[str] = None
     answer_no: Optional[str] = None
+    # CFT's counterfactual prompt: "no_input" (the authors' code: the Alpaca no-input preamble)
+    # or "same" (the factual preamble, only the history block removed; the two prompts then
+    # share every token before it, which packed CFT computes once).
+    cf_preamble: Literal["no_input", "same"] = "no_input"
 
     def __post_init__(self) -> None:
         if self.history_k <= 0:

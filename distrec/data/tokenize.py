@@ -238,7 +238,7 @@ def generative_prompt_text(
     """The rendered factual (last ``history_k`` items, minus ``n_drop`` oldest) or
     counterfactual (no history) prompt."""
     if counterfactual:
-        prompt, _ = build_counterfactual_prompt(sample, catalog)
+        prompt, _ = build_counterfactual_prompt(sample, catalog, same_preamble=cfg.cf_preamble == "same")
     else:
         prompt, _ = build_generative_prompt(sample, catalog, _gen_base_drop(sample, cfg) + n_drop)
     return render(tokenizer, prompt, cfg.use_chat_template)

@@ -20,10 +20,10 @@ Conventions of this package (see ``ctr.py``, ``normalisation.py``):
   sits in the same column counted from the right. One forward with
   ``logits_to_keep = n_keep + 1`` yields exactly the logits that predict the last
   ``n_keep`` tokens (:func:`response_logits`); the full ``[B, T, V]`` logits never exist.
-- Both branches run in ONE forward. Packed (default): each instance's counterfactual and
-  factual rows sit side by side in one ``[B, Tcf + Tf]`` row, each segment with its own
-  positions and attention confined to it (:func:`pack_branches`), so the counterfactual branch
-  costs its own tokens. Stacked: one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`),
+- Both branches run in ONE forward. Packed (default): each instance's factual row and the
+  part of its counterfactual row after the prefix the two share sit side by side in one row,
+  with positions and a 4-D attention mask that give every token what it sees in its own row
+  (:func:`pack_branches`), so the counterfactual branch costs only its own tokens. Stacked: one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`),
   the counterfactual rows padded to the factual width.
 - Losses are returned as SUMS with their normalisers (:func:`cft_loss_sums`); the caller
   sums them over micro-batches and ranks and calls :func:`combine` — so gradient
@@ -209,27 +209,65 @@ def stack_branches(
     return ids, mask
 
 
+def shared_prefix_lengths(
+    f_ids: torch.Tensor,
+    f_mask: torch.Tensor,
+    cf_ids: torch.Tensor,
+    cf_mask: torch.Tensor,
+    n_scored: torch.Tensor | int,
+) -> torch.Tensor:
+    """Per instance, how many leading real tokens the counterfactual prompt shares with the factual one.
+
+    The longest common prefix of the two rows' real tokens (both left-padded), capped so that
+    ``n_scored + 1`` counterfactual tokens stay after it (the labelled tokens and the one whose
+    logits predict the first of them), and at 0 from below. Under causal attention those prefix
+    tokens have identical hidden states in both branches, which is what lets
+    :func:`pack_branches` compute them once.
+
+    Args:
+        n_scored: ``[B]`` (or one int for all rows): trailing tokens per row whose logits are scored.
+
+    Returns:
+        ``[B]`` int64 lengths ``P`` with ``0 ≤ P ≤ max(0, len_cf − n_scored − 1)``.
+    """
+    len_f, len_cf = f_mask.sum(1), cf_mask.sum(1)
+    width = min(f_ids.shape[1], cf_ids.shape[1])
+    cols = torch.arange(width, device=f_ids.device)
+    f_at = (f_ids.shape[1] - len_f)[:, None] + cols  # column of each row's j-th real token
+    cf_at = (cf_ids.shape[1] - len_cf)[:, None] + cols
+    valid = cols[None, :] < torch.minimum(len_f, len_cf)[:, None]
+    same = valid & (f_ids.gather(1, f_at.clamp(max=f_ids.shape[1] - 1))
+                    == cf_ids.gather(1, cf_at.clamp(max=cf_ids.shape[1] - 1)))
+    common = same.long().cumprod(1).sum(1)
+    return torch.minimum(common, (len_cf - n_scored - 1).clamp(min=0))
+
+
 def pack_branches(
     f_ids: torch.Tensor,
     f_mask: torch.Tensor,
     cf_ids: torch.Tensor,
     cf_mask: torch.Tensor,
     n_keep: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One row per instance: ``[counterfactual, left-padded to Tcf | factual, left-padded to Tf]``.
+    n_scored: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row per instance: ``[factual, left-padded to Tf | counterfactual tail, left-padded]``.
 
-    Positions restart at 0 on each segment's first real token and every padding column has
-    position 0, so each segment, and each padding column on its own, is one packed sequence
-    for Hugging Face's padding-free path (no ``attention_mask``; the model derives a causal
-    mask confined to each sequence from where the positions restart,
-    ``transformers.masking_utils.find_packed_sequence_indices``). Every real token thus sees
-    exactly what it sees in its own left-padded row, at the same position, and the instance
-    keeps one row (CFLoRA's per-instance ``h_u`` applies to both segments).
+    The counterfactual prompt's first ``P`` tokens are the factual prompt's first ``P``
+    (:func:`shared_prefix_lengths`: with one preamble for both branches, everything before the
+    history block), so only its tail, the tokens after them, gets columns of its own. The
+    attention mask lets each factual token see the factual tokens up to itself, and each tail
+    token the factual row's first ``P`` tokens plus the tail up to itself; tail positions continue
+    at ``P``. Every real token thus sees exactly the tokens, at the positions, it sees in its own
+    left-padded row, so the logits of the scored tokens (``n_scored`` per row, the labelled
+    ones; default ``n_keep``) and the losses and gradients equal those of two separate forwards
+    (the shared prefix receives the sum of both branches' gradients, as it does there), while the
+    counterfactual branch costs only its tail. Padding columns see only themselves.
 
     Returns:
-        ``input_ids [B, Tcf + Tf]``, ``position_ids [B, Tcf + Tf]``, and ``logits_to_keep``:
-        the ``2·n_keep`` column indices whose logits predict the last ``n_keep`` tokens of the
-        counterfactual segment, then of the factual one.
+        ``input_ids [B, T]``, ``position_ids [B, T]``, ``attention_mask [B, 1, T, T]`` (bool,
+        True = attend; a custom 4-D mask Hugging Face models take as it is) with
+        ``T = Tf + max tail``, and ``logits_to_keep``: the ``2·n_keep`` column indices whose
+        logits predict the last ``n_keep`` tokens of the factual segment, then of the tail.
 
     Raises:
         ValueError: a segment is not longer than ``n_keep`` or the batch sizes differ.
@@ -239,11 +277,29 @@ def pack_branches(
     t_cf, t_f = cf_ids.shape[1], f_ids.shape[1]
     if not n_keep < min(t_cf, t_f):
         raise ValueError(f"n_keep must be below both segment widths ({t_cf}, {t_f}), got {n_keep}")
-    ids = torch.cat([cf_ids, f_ids], 1)
-    positions = torch.cat([position_ids_for(cf_mask), position_ids_for(f_mask)], 1)
-    ends = torch.tensor([t_cf, t_cf + t_f], device=ids.device)
-    keep = (ends[:, None] - n_keep - 1 + torch.arange(n_keep, device=ids.device)[None, :]).reshape(-1)
-    return ids, positions, keep
+    device = f_ids.device
+    prefix = shared_prefix_lengths(f_ids, f_mask, cf_ids, cf_mask, n_keep if n_scored is None else n_scored)
+    len_tail = cf_mask.sum(1) - prefix
+    t_tail = max(int(len_tail.max()), n_keep + 1)
+    ids = torch.cat([f_ids, cf_ids[:, t_cf - t_tail:]], 1)
+    tail_cols = torch.arange(t_tail, device=device)
+    tail_real = tail_cols[None, :] >= (t_tail - len_tail)[:, None]
+    tail_pos = (prefix[:, None] + tail_cols[None, :] - (t_tail - len_tail)[:, None]) * tail_real
+    positions = torch.cat([position_ids_for(f_mask), tail_pos], 1)
+
+    width = t_f + t_tail
+    q = torch.arange(width, device=device)[:, None]
+    k = torch.arange(width, device=device)[None, :]
+    real = torch.cat([f_mask.bool(), tail_real], 1)  # [B, T]
+    causal_real = (k <= q)[None] & real[:, None, :]
+    in_f_q, in_f_k = (q < t_f)[None], (k < t_f)[None]
+    f_start = (t_f - f_mask.sum(1))[:, None, None]
+    sees_prefix = in_f_k & (k[None] >= f_start) & (k[None] < f_start + prefix[:, None, None])
+    mask = torch.where(in_f_q, causal_real & in_f_k, (causal_real & ~in_f_k) | sees_prefix)
+    mask = mask | torch.eye(width, dtype=torch.bool, device=device)[None]
+    ends = torch.tensor([t_f, width], device=device)
+    keep = (ends[:, None] - n_keep - 1 + torch.arange(n_keep, device=device)[None, :]).reshape(-1)
+    return ids, positions, mask[:, None], keep
 
 
 def split_branches(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,9 +359,11 @@ def cft_logits(
     if cf_mask is None:
         raise ValueError("cf_mask is required with cf_ids")
     if stacked and pack:
-        ids, positions, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n_keep)
-        out = model(input_ids=ids, position_ids=positions, logits_to_keep=keep, use_cache=False).logits.float()
-        return out[:, n_keep:], out[:, :n_keep], y
+        ids, positions, mask, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n_keep,
+                                                   n_scored=(f_labels != IGNORE_INDEX).sum(1))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                    use_cache=False).logits.float()
+        return out[:, :n_keep], out[:, n_keep:], y
     if stacked:
         ids, mask = stack_branches(f_ids, f_mask, cf_ids, cf_mask, pad_id)
         z_f, z_cf = split_branches(response_logits(model, ids, mask, n_keep))

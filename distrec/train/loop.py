@@ -174,10 +174,12 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
                             strategy.backward(loss * strategy.accumulation_scale)
                     with timer.phase("optimizer"), profiling.phase("optimizer"):
                         strategy.step()
+                    through = mb_stats.pop("forward_tokens", None)  # a task that shares tokens says how many ran
                     for k, v in mb_stats.items():
                         stats[k] = stats.get(k, 0.0) + v
                     tokens += int(sum(len(s) for s in mb["input_ids"])) if "input_ids" in mb else 0
-                    forward_tokens += sum(len(s) for key in mb if key.endswith("input_ids") for s in mb[key])
+                    forward_tokens += through if through is not None else sum(
+                        len(s) for key in mb if key.endswith("input_ids") for s in mb[key])
                     flops += ctx.flops.micro_batch(mb) if ctx.flops else 0.0
             samples = sum(len(mb["sample_id"]) for mb in micro_batches)
             state.step += 1

@@ -71,9 +71,52 @@ class CountingCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _profiled_classes():
+    """A Trainer whose forward and backward sit in the profiler ranges distrec's loop uses, and the
+    callback that profiles one optimiser step (``distrec.train.profiling``), so the HF row's
+    breakdown reads like distrec's. Accelerate's DeepSpeed ``backward`` also runs the engine's
+    ``step()``: the HF backward includes the optimiser."""
+    from contextlib import ExitStack
+
+    from transformers import Trainer, TrainerCallback
+
+    from distrec.train.profiling import phase, profiled
+
+    class ProfiledTrainer(Trainer):
+        def compute_loss(self, *args, **kwargs):
+            with phase("forward"):
+                return super().compute_loss(*args, **kwargs)
+
+        def training_step(self, *args, **kwargs):
+            backward = self.accelerator.backward
+            if not getattr(backward, "_in_phase", False):
+                def in_phase(loss, **kw):
+                    with phase("backward"):
+                        return backward(loss, **kw)
+                in_phase._in_phase = True
+                self.accelerator.backward = in_phase
+            return super().training_step(*args, **kwargs)
+
+    class NoDataWait:
+        seconds: dict = {}
+
+    class StepProfile(TrainerCallback):
+        def __init__(self, step: int, path: Path) -> None:
+            self.step, self.path, self.stack = step, path, ExitStack()
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step + 1 == self.step:
+                self.stack.enter_context(profiled(self.path, True, NoDataWait()))
+
+        def on_step_end(self, args, state, control, **kw):
+            self.stack.close()
+
+    return ProfiledTrainer, StepProfile
+
+
 def main(argv: list[str]) -> None:
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
 
     from distrec.config import load_job_config
     from distrec.model.backbone import build_model, load_tokenizer
@@ -85,6 +128,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--prepared", required=True, type=Path)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--profile-step", type=int, default=0,
+                        help="profile this optimiser step (1-based) with distrec.train.profiling; 0: none")
     args, overrides = parser.parse_known_args(argv)
     job = load_job_config(args.config, overrides)
 
@@ -112,6 +157,7 @@ def main(argv: list[str]) -> None:
     inputs, labels = tokenised_train_rows(job, args.prepared)
     dataset = [{"input_ids": i, "labels": lab} for i, lab in zip(inputs, labels)]
     collator = CountingCollator(tokenizer.pad_token_id)
+    ProfiledTrainer, StepProfile = _profiled_classes()
 
     times: list[float] = []
 
@@ -126,7 +172,11 @@ def main(argv: list[str]) -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.started)
 
-    Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collator, callbacks=[StepTimes()]).train()
+    trainer = ProfiledTrainer(model=model, args=targs, train_dataset=dataset, data_collator=collator,
+                              callbacks=[StepTimes()])
+    profile_path = args.out.with_name(f"{args.out.stem}_profile_rank{dist.get_rank()}.json")
+    trainer.add_callback(StepProfile(args.profile_step, profile_path))
+    trainer.train()
 
     accum = t.grad_accum
     per_step = [(sum(collator.tokens[s * accum:(s + 1) * accum]), sum(collator.samples[s * accum:(s + 1) * accum]))

@@ -8,7 +8,10 @@ Rows (every ``key=value`` override applies to all of them):
 - ``lora``, ``cflora`` (static G), ``rellax`` (SPA + generated CFLoRA from the DIN) on the CTR
   config, each against ``HF Trainer + PEFT LoRA`` run on the same prepared samples;
 - ``sft`` and ``cft`` (both branches) on the generative config, against HF Trainer on the same
-  generative samples; the CFT row also gives its step time over distrec SFT's.
+  generative samples; the CFT row also gives its step time over distrec SFT's. ``cft-stacked``,
+  ``cft-grouped``, ``cft-shared`` (``prompt.cf_preamble=same``: the counterfactual prompt keeps
+  the factual preamble, so packing computes everything before the history once), and the
+  ``-grouped`` rows (``train.group_by_length``) are variants.
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
 optimiser steps and read back the per-step TensorBoard scalars; HF rows run
@@ -50,12 +53,16 @@ ROWS = {  # name: (config, overrides, baseline group)
     "lora-grouped": (CTR_CONFIG, ["train.group_by_length=true"], "ctr"),
     "sft-grouped": (GEN_CONFIG, ["cft.lam=0", "train.group_by_length=true"], "gen"),
     "cft-grouped": (GEN_CONFIG, ["train.group_by_length=true"], "gen"),
+    "cft-shared": (GEN_CONFIG, ["prompt.cf_preamble=same"], "gen"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
           "cft": "distrec CFT, branches packed (generative)", "cft-stacked": "distrec CFT, branches stacked (generative)",
           "lora-grouped": "distrec LoRA, length-grouped (CTR)", "sft-grouped": "distrec LoRA SFT, length-grouped",
-          "cft-grouped": "distrec CFT packed, length-grouped"}
+          "cft-grouped": "distrec CFT packed, length-grouped",
+          "cft-shared": "distrec CFT packed, one preamble (prefix shared)"}
+
+HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:
@@ -99,16 +106,18 @@ def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup:
     return out
 
 
-def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path) -> dict:
+def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path, profile: bool = False) -> dict:
     from distrec.config import load_job_config
     from distrec.train.artefacts import ensure_prepared
 
     job = load_job_config(config, [*COMMON, *overrides])
     prepared = ensure_prepared(job)
     out = workdir / f"hf-{job.data.task}.json"
+    profiled = warmup + steps + 1  # as distrec_row: one step after the measured ones
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.ray.num_workers}",
            str(REPO / "jobs" / "bench" / "hf_trainer_baseline.py"), "--config", config, "--prepared", str(prepared),
-           "--steps", str(warmup + steps), "--out", str(out), *COMMON, *overrides]
+           "--steps", str(profiled if profile else warmup + steps), "--out", str(out),
+           *(["--profile-step", str(profiled)] if profile else []), *COMMON, *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     log = workdir / f"hf-{job.data.task}.log"
@@ -118,7 +127,9 @@ def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: 
         raise RuntimeError(f"HF Trainer baseline failed ({done.returncode}); last lines of {log}:\n"
                            + "\n".join(log.read_text().splitlines()[-30:]))
     res = json.loads(out.read_text())
-    row = summarise(res["step_time_s"], res["tokens"], res["samples"], res["world_size"], warmup)
+    row = summarise(*(res[k][:warmup + steps] for k in ("step_time_s", "tokens", "samples")), res["world_size"], warmup)
+    if profile:
+        row["profile"] = json.loads(out.with_name(f"{out.stem}_profile_rank0.json").read_text())
     row["peak_rss_gib"] = res["peak_rss_gib"][0]
     if res.get("peak_device_gib") is not None:
         row["peak_device_gib"] = res["peak_device_gib"]
@@ -131,7 +142,7 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
     for group in dict.fromkeys(ROWS[name][2] for name in results):
         base = baselines.get(group)
         if base:
-            lines.append(f"| HF Trainer + PEFT LoRA ({'CTR' if group == 'ctr' else 'generative'}) "
+            lines.append(f"| {HF_LABELS[group]} "
                          f"| {base['tokens_per_s']:,.0f} | {base['tokens_per_s_per_rank']:,.0f} "
                          f"| {base['samples_per_s']:.2f} | {base['step_s']:.2f} | – | – | {base['peak_rss_gib']:.2f} "
                          f"| 1.00× |")
@@ -143,20 +154,22 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
             lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
                          f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['padding']:.1%} "
                          f"| {r['peak_rss_gib']:.2f} | {ratio} |")
-    for cft, sft in (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped")):
+    for cft, sft in (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft")):
         if cft in results and sft in results:
             c, f = results[cft], results[sft]
             lines.append(f"\n{LABELS[cft]} step / {LABELS[sft]} step (medians, same samples): "
                          f"{c['step_s'] / f['step_s']:.2f}×; tokens through the model (factual + counterfactual "
                          f"over factual): {c['forward_tokens'] / f['forward_tokens']:.2f}×")
-    profiled = {name: r["profile"] for name, r in results.items() if "profile" in r}
+    profiled = {**{HF_LABELS[g]: b["profile"] for g, b in baselines.items() if "profile" in b},
+                **{LABELS[name]: r["profile"] for name, r in results.items() if "profile" in r}}
     if profiled:
         lines.append("\n" + profile_table(profiled))
     return "\n".join(lines)
 
 
 def profile_table(profiles: dict[str, dict]) -> str:
-    """Rank 0's profiled step per row (``distrec.train.profiling``): seconds per phase and collective."""
+    """Rank 0's profiled step per row label (``distrec.train.profiling``): seconds per phase and
+    collective. HF rows: the backward includes the optimiser (Accelerate steps DeepSpeed there)."""
     kinds = ("all_gather", "reduce_scatter", "all_reduce")
     out = ["| row (rank 0, one step) | step s | forward | backward | optimiser | data wait | host | "
            + " | ".join(f"{k} s (calls; backend threads s)" for k in kinds) + " | recompute | top self-time ops |",
@@ -165,8 +178,8 @@ def profile_table(profiles: dict[str, dict]) -> str:
         ph, coll = p["phases"], p["collectives"]
         cells = [f"{coll[k]['s']:.2f} ({coll[k]['calls']}; backend {coll[k]['backend_s']:.2f})" if k in coll else "0"
                  for k in kinds]
-        ops = ", ".join(f"{o['name']} {o['self_cpu_s']:.2f}" for o in p["top_ops"][:4])
-        out.append(f"| {LABELS[name]} | {p['step_s']:.2f} | {ph['forward']:.2f} | {ph['backward']:.2f} | "
+        ops = ", ".join(f"{o['name']} {o['self_cpu_s']:.2f}" for o in p["top_ops"][:6])
+        out.append(f"| {name} | {p['step_s']:.2f} | {ph['forward']:.2f} | {ph['backward']:.2f} | "
                    f"{ph['optimizer']:.2f} | {ph['data_wait']:.3f} | {ph['host']:.2f} | " + " | ".join(cells)
                    + f" | {p['recompute_s']:.2f} | {ops} |")
     return "\n".join(out)
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--profile", action="store_true",
-                        help="profile the first measured step of each distrec row (torch.profiler, rank 0's breakdown)")
+                        help="profile one extra step after the measured ones, in every row, HF included (torch.profiler, rank 0)")
     parser.add_argument("--no-hf", action="store_true", help="skip the HF Trainer rows (profile or layout runs)")
     args, overrides = parser.parse_known_args(argv)
     names = [r for r in args.rows.split(",") if r]
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="distrec-bench-") as tmp:
         for group in dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ():
             config = next(ROWS[n][0] for n in names if ROWS[n][2] == group)
-            baselines[group] = hf_row(config, overrides, args.steps, args.warmup, Path(tmp))
+            baselines[group] = hf_row(config, overrides, args.steps, args.warmup, Path(tmp), profile=args.profile)
         for name in names:
             config, extra, _ = ROWS[name]
             results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs",

@@ -2,7 +2,7 @@
 
 Factual: preamble, ``### Instruction:``, ``### Input:`` (the quoted history titles),
 ``### Response:``. Counterfactual: the same with the Input block deleted entirely and the
-no-input preamble (CFT, spec §1.3-1.4). Both return the identical response string: the quoted
+no-input preamble (CFT, spec §1.3-1.4), or, on request, the factual preamble. Both return the identical response string: the quoted
 target title plus a newline, so the response tokens can be aligned column for column.
 :func:`title_from_response` reads a title back out of a generated response (its inverse).
 """
@@ -57,8 +57,10 @@ def _instruction(catalog: Catalog) -> str:
     )
 
 
-def _prompt(catalog: Catalog, history_block: Optional[str]) -> str:
-    parts = [_PREAMBLE_WITH_INPUT if history_block is not None else _PREAMBLE_NO_INPUT, ""]
+def _prompt(catalog: Catalog, history_block: Optional[str], preamble: Optional[str] = None) -> str:
+    if preamble is None:
+        preamble = _PREAMBLE_WITH_INPUT if history_block is not None else _PREAMBLE_NO_INPUT
+    parts = [preamble, ""]
     parts += ["### Instruction:", _instruction(catalog), ""]
     if history_block is not None:
         parts += ["### Input:", history_block, ""]
@@ -80,6 +82,12 @@ def build_generative_prompt(
     return _prompt(catalog, block), generative_response(sample, catalog)
 
 
-def build_counterfactual_prompt(sample: Mapping, catalog: Catalog) -> tuple[str, str]:
-    """``(prompt, response)`` with no history at all; the response equals the factual one."""
-    return _prompt(catalog, None), generative_response(sample, catalog)
+def build_counterfactual_prompt(sample: Mapping, catalog: Catalog, same_preamble: bool = False) -> tuple[str, str]:
+    """``(prompt, response)`` with no history at all; the response equals the factual one.
+
+    The preamble is the no-input one (the authors' code), or with ``same_preamble`` the factual
+    prompt's, so that the prompt is the factual one with its Input block deleted and nothing else
+    changed: the two share every token before that block.
+    """
+    preamble = _PREAMBLE_WITH_INPUT if same_preamble else _PREAMBLE_NO_INPUT
+    return _prompt(catalog, None, preamble), generative_response(sample, catalog)
