@@ -40,3 +40,8 @@ def test_bench_tiny_lora_against_hf_trainer(ray_local, tmp_path):
     assert gathers["calls"] > 0 and gathers["by_phase"].get("forward", 0) > 0
     assert sum(prof["phases"][k] for k in ("forward", "backward", "optimizer")) <= prof["step_s"]
     assert "| distrec LoRA (CTR) | " in text.split("top self-time ops")[1]
+    # the HF Trainer's step profiled with the same ranges; its measured steps exclude the profiled one
+    hf = base["profile"]
+    assert hf["phases"]["forward"] > 0 and hf["phases"]["backward"] > 0
+    assert sum(hf["phases"][k] for k in ("forward", "backward")) <= hf["step_s"]
+    assert "| HF Trainer + PEFT LoRA (CTR) | " in text.split("top self-time ops")[1]

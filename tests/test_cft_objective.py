@@ -472,8 +472,7 @@ def test_packed_rows_share_the_prefix_and_continue_its_positions():
     n = keep_length(f_lab)
     ids, positions, mask, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n, (f_lab != IGNORE_INDEX).sum(1))
     t_f = f_ids.shape[1]  # row 0: 8 prompt + 4 response tokens
-    # tails: row 0 has 10 - 4 = 6 tokens, row 1 6 - 2 = 4, row 2 10: width 10, not the 10 of the whole
-    # counterfactual width plus the factual width
+    # tails of 10 - 4 = 6, 6 - 2 = 4 and 10 - 0 tokens: 10 columns after the factual 12
     assert t_f == 12 and ids.shape == positions.shape == (3, t_f + 10) and mask.shape == (3, 1, 22, 22)
     assert ids[0, t_f + 4:].tolist() == [24, 39, 5, 6, 7, EOS]
     assert positions[0, t_f:].tolist() == [0, 0, 0, 0, 4, 5, 6, 7, 8, 9]  # continues after the 4 shared

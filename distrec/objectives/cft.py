@@ -23,8 +23,9 @@ Conventions of this package (see ``ctr.py``, ``normalisation.py``):
 - Both branches run in ONE forward. Packed (default): each instance's factual row and the
   part of its counterfactual row after the prefix the two share sit side by side in one row,
   with positions and a 4-D attention mask that give every token what it sees in its own row
-  (:func:`pack_branches`), so the counterfactual branch costs only its own tokens. Stacked: one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`),
-  the counterfactual rows padded to the factual width.
+  (:func:`pack_branches`), so the counterfactual branch costs only its own tokens. Stacked:
+  one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`), the counterfactual rows padded to
+  the factual width.
 - Losses are returned as SUMS with their normalisers (:func:`cft_loss_sums`); the caller
   sums them over micro-batches and ranks and calls :func:`combine` — so gradient
   accumulation k and k workers equal one k-times larger batch exactly.
