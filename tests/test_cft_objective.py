@@ -399,11 +399,15 @@ def shared_prefix_rows():
     """Counterfactual prompts that begin with the factual prompt's first tokens (one preamble for
     both branches): row 0 shares 4 tokens then differs; row 1 is the factual row without its
     history, so it shares its whole prompt (3 tokens); row 2 shares nothing."""
+    f, cf, resp = _shared_prefix_lists()
+    return left_padded(f, [len(r) for r in resp]), left_padded(cf, [len(r) for r in resp])
+
+
+def _shared_prefix_lists():
     resp = [[5, 6, 7, EOS], [8, 9, EOS], [10, 11, 12, 13, 14, EOS]]
     f = [[20, 21, 22, 23, 30, 31, 32, 24], [25, 26, 27, 33, 34, 35, 36, 37], [28, 29, 38]]
     cf = [[20, 21, 22, 23, 24, 39], [25, 26, 27], [2, 3, 4, 5]]
-    return (left_padded([p + r for p, r in zip(f, resp)], [len(r) for r in resp]),
-            left_padded([p + r for p, r in zip(cf, resp)], [len(r) for r in resp]))
+    return [p + r for p, r in zip(f, resp)], [p + r for p, r in zip(cf, resp)], resp
 
 
 def _loss_and_grads(model, trainable, rows=cft_rows, **layout):
@@ -488,20 +492,36 @@ def test_packed_rows_share_the_prefix_and_continue_its_positions():
         pack_branches(f_ids, f_mask, cf_ids, cf_mask, cf_ids.shape[1])
 
 
-def test_packed_branches_carry_cflora_instances_per_row():
-    """CFLoRA (generated): one h_u per instance serves both of its segments; the packed loss and
-    adapter gradients equal those of separate forwards under the same h_u."""
+@pytest.mark.parametrize("rows", [cft_rows, shared_prefix_rows])
+def test_packed_branches_carry_cflora_instances_per_row(rows):
+    """CFLoRA (generated): one h_u per instance serves both of its segments and the prefix they
+    share; the packed loss and adapter gradients equal those of separate forwards under the same h_u."""
     from tiny_models import cflora_adapter
 
     adapter = cflora_adapter(d_instance=6, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
                              mode="generated")
-    model = adapter.attach(_float64_llama()).double()
+    model = adapter.attach(_norms_in_float64(_float64_llama())).double()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable
     h_u = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     with adapter.instance(h_u):
-        ref_loss, ref_grads = _loss_and_grads(model, trainable, stacked=False)
-        loss, grads = _loss_and_grads(model, trainable, pack=True)
+        ref_loss, ref_grads = _loss_and_grads(model, trainable, rows, stacked=False)
+        loss, grads = _loss_and_grads(model, trainable, rows, pack=True)
     assert loss == pytest.approx(ref_loss, rel=1e-12)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("pack, expected", [(True, 12 + 11 + 9 + (10 - 4) + (6 - 2) + (10 - 0)), (False, None)])
+def test_generative_task_reports_the_tokens_its_forward_runs(pack, expected):
+    """The loop's ``data/forward_tokens``: packed, the factual rows plus the counterfactual tails
+    (the shared prefixes by hand: 4, 2, 0); otherwise the task says nothing and the loop counts
+    every row's ids."""
+    from distrec.config import CftConfig
+    from distrec.objectives.tasks import Batchify, GenerativeTask
+
+    f, cf, resp = _shared_prefix_lists()
+    mb = {"input_ids": f, "cf_input_ids": cf, "labels": [[IGNORE_INDEX] * (len(x) - len(r)) + r for x, r in zip(f, resp)]}
+    task = GenerativeTask(CftConfig(pack=pack), Batchify(PAD, torch.device("cpu")))
+    _, stats = task.micro_loss(_float64_llama(), mb, task.normalisers([mb]))
+    assert stats.get("forward_tokens") == expected
