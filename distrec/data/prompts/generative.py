@@ -2,8 +2,9 @@
 
 Factual: preamble, ``### Instruction:``, ``### Input:`` (the quoted history titles),
 ``### Response:``. Counterfactual: the same with the Input block deleted entirely and the
-no-input preamble (CFT, spec §1.3-1.4), or, on request, the factual preamble. Both return the identical response string: the quoted
-target title plus a newline, so the response tokens can be aligned column for column.
+no-input preamble (CFT, spec §1.3-1.4), or on request the factual preamble. Both return the
+identical response string: the quoted target title plus a newline, so the response tokens can
+be aligned column for column.
 :func:`title_from_response` reads a title back out of a generated response (its inverse).
 """
 
