@@ -104,11 +104,11 @@ def _profiled_classes():
         def __init__(self, step: int, path: Path) -> None:
             self.step, self.path, self.stack = step, path, ExitStack()
 
-        def on_step_begin(self, args, state, control, **kw):
+        def on_step_begin(self, _args, state, *_, **__):
             if state.global_step + 1 == self.step:
                 self.stack.enter_context(profiled(self.path, True, NoDataWait()))
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, *_, **__):
             self.stack.close()
 
     return ProfiledTrainer, StepProfile
