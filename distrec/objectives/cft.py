@@ -243,6 +243,19 @@ def shared_prefix_lengths(
     return torch.minimum(common, (len_cf - n_scored - 1).clamp(min=0))
 
 
+def scored_counts(labels: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the labelled (scored) tokens of each row of ``labels [B, T]``."""
+    return (labels != IGNORE_INDEX).sum(1)
+
+
+def packed_forward_tokens(f_ids: torch.Tensor, f_mask: torch.Tensor, cf_ids: torch.Tensor, cf_mask: torch.Tensor,
+                          f_labels: torch.Tensor) -> torch.Tensor:
+    """Real tokens of the packed forward (:func:`pack_branches` as :func:`cft_logits` calls it): the
+    factual rows plus the counterfactual tails."""
+    shared = shared_prefix_lengths(f_ids, f_mask, cf_ids, cf_mask, scored_counts(f_labels))
+    return f_mask.sum() + cf_mask.sum() - shared.sum()
+
+
 def pack_branches(
     f_ids: torch.Tensor,
     f_mask: torch.Tensor,
@@ -360,8 +373,7 @@ def cft_logits(
     if cf_mask is None:
         raise ValueError("cf_mask is required with cf_ids")
     if stacked and pack:
-        ids, positions, mask, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n_keep,
-                                                   n_scored=(f_labels != IGNORE_INDEX).sum(1))
+        ids, positions, mask, keep = pack_branches(f_ids, f_mask, cf_ids, cf_mask, n_keep, scored_counts(f_labels))
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
                     use_cache=False).logits.float()
         return out[:, :n_keep], out[:, n_keep:], y

@@ -156,7 +156,7 @@ class GenerativeTask(_Task):
         return total
 
     def _sums(self, engine, mb: dict, with_cf: bool) -> dict[str, torch.Tensor]:
-        from distrec.objectives.cft import cft_logits, cft_loss_sums, shared_prefix_lengths, token_weights
+        from distrec.objectives.cft import cft_logits, cft_loss_sums, packed_forward_tokens, token_weights
 
         f_ids, f_mask = self.b.ids(mb["input_ids"])
         f_labels = self._label_rows(mb, f_ids.shape[1])
@@ -168,8 +168,7 @@ class GenerativeTask(_Task):
         weights = token_weights(y != -100, self.cft.beta, self.cft.weight_rule)
         sums = cft_loss_sums(z_f, z_cf, y, weights, cf_grad=self.cft.cf_grad)
         if with_cf and self.cft.stacked and self.cft.pack:  # the shared prefix runs once
-            shared = shared_prefix_lengths(f_ids, f_mask, cf_ids, cf_mask, (f_labels != -100).sum(1))
-            sums["forward_tokens"] = f_mask.sum() + cf_mask.sum() - shared.sum()
+            sums["forward_tokens"] = packed_forward_tokens(f_ids, f_mask, cf_ids, cf_mask, f_labels)
         return sums
 
     def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:

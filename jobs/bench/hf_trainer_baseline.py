@@ -87,15 +87,15 @@ def _profiled_classes():
             with phase("forward"):
                 return super().compute_loss(*args, **kwargs)
 
-        def training_step(self, *args, **kwargs):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             backward = self.accelerator.backward
-            if not getattr(backward, "_in_phase", False):
-                def in_phase(loss, **kw):
-                    with phase("backward"):
-                        return backward(loss, **kw)
-                in_phase._in_phase = True
-                self.accelerator.backward = in_phase
-            return super().training_step(*args, **kwargs)
+
+            def in_phase(loss, **kw):
+                with phase("backward"):
+                    return backward(loss, **kw)
+
+            self.accelerator.backward = in_phase
 
     class NoDataWait:
         seconds: dict = {}
