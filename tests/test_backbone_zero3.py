@@ -5,29 +5,22 @@ equal the safetensors checkpoint bit for bit."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 from fixtures_data import shared_home
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fixtures_gloo import free_port, gloo_rank
 
 
 def _load_and_compare(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu")
-    torch.set_num_threads(1)
-    import torch.distributed as dist
+    with gloo_rank(rank, world, port):
+        _compare_with_checkpoint(rank, out)
+
+
+def _compare_with_checkpoint(rank: int, out: str) -> None:
     from safetensors import safe_open
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     from distrec.config import load_job_config
     from distrec.model.backbone import build_model, resolve_model_dir
     from distrec.train.strategy import DeepSpeedStrategy
@@ -45,7 +38,6 @@ def _load_and_compare(rank: int, world: int, port: int, out: str) -> None:
             with strategy.gathered([params[name]]):
                 checked.append((name, bool(torch.equal(params[name].detach(), f.get_tensor(name)))))
     Path(out, f"rank{rank}.json").write_text(json.dumps({"shares": shares, "checked": checked}))
-    dist.destroy_process_group()
 
 
 def test_smollm2_loads_partitioned_and_equal_to_its_checkpoint(tmp_path):
@@ -55,7 +47,7 @@ def test_smollm2_loads_partitioned_and_equal_to_its_checkpoint(tmp_path):
     shared_home()
     folder = resolve_model_dir(ModelConfig(name_or_path="smollm2-135m"))  # fetch + convert once
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    mp.spawn(_load_and_compare, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_load_and_compare, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["checked"] and all(ok for _, ok in r["checked"]), r["checked"]
@@ -67,12 +59,11 @@ def test_smollm2_loads_partitioned_and_equal_to_its_checkpoint(tmp_path):
 
 
 def _random_init(rank: int, world: int, port: int, out: str, spec: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu")
-    torch.set_num_threads(1)
-    import torch.distributed as dist
+    with gloo_rank(rank, world, port):
+        _build_random(rank, out, spec)
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+def _build_random(rank: int, out: str, spec: str) -> None:
     from distrec.config import load_job_config
     from distrec.model.backbone import build_model
     from distrec.train.strategy import DeepSpeedStrategy
@@ -88,7 +79,6 @@ def _random_init(rank: int, world: int, port: int, out: str, spec: str) -> None:
     with strategy.gathered([params[name]]):
         whole = params[name].detach().clone()
     torch.save({"shares": shares, "whole": whole, "config": model.config.to_dict()}, Path(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
 
 
 def test_random_init_builds_any_size_partitioned_without_writing_weights(tmp_path):
@@ -100,7 +90,7 @@ def test_random_init_builds_any_size_partitioned_without_writing_weights(tmp_pat
     shared_home()
     spec = "{hidden_size: 96, intermediate_size: 256, num_hidden_layers: 3, num_attention_heads: 4, num_key_value_heads: 4}"
     before = {p.name for p in models_dir().iterdir()}
-    mp.spawn(_random_init, args=(2, _free_port(), str(tmp_path), spec), nprocs=2, join=True)
+    mp.spawn(_random_init, args=(2, free_port(), str(tmp_path), spec), nprocs=2, join=True)
     assert {p.name for p in models_dir().iterdir()} == before
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert ranks[0]["config"]["hidden_size"] == 96 and ranks[0]["config"]["num_hidden_layers"] == 3

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -19,22 +18,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from fixtures_data import smollm2_gguf
+from fixtures_gloo import free_port, gloo_rank
 
 WORLD = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_builds_tiny(rank: int, world: int, port: int, home: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo", DISTREC_HOME=home)
-    torch.set_num_threads(1)
-    import torch.distributed as dist
+    with gloo_rank(rank, world, port, DISTREC_HOME=home):
+        _build_and_digest(rank, out)
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+def _build_and_digest(rank: int, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
     from distrec.config import ModelConfig
@@ -48,8 +42,6 @@ def _rank_builds_tiny(rank: int, world: int, port: int, home: str, out: str) -> 
     digest = {n: float(p.double().sum()) for n, p in model.named_parameters()}
     Path(out, f"rank{rank}.json").write_text(json.dumps({"tiny": str(folder), "smollm2": str(smollm2),
                                                          "sums": digest}))
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_ranks_of_a_gloo_group_build_one_complete_model_folder(tmp_path):
@@ -63,7 +55,7 @@ def test_ranks_of_a_gloo_group_build_one_complete_model_folder(tmp_path):
     (home / "raw" / "smollm2" / gguf.name).symlink_to(gguf)
     out = tmp_path / "out"
     out.mkdir()
-    mp.spawn(_rank_builds_tiny, args=(WORLD, _free_port(), str(home), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_builds_tiny, args=(WORLD, free_port(), str(home), str(out)), nprocs=WORLD, join=True)
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     models = sorted(p.name for p in (home / "models").iterdir() if not p.name.startswith("."))

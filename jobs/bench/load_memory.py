@@ -66,6 +66,7 @@ def _worker(rank: int, world: int, port: int, model: str, zero_stage: int, out: 
     Path(out, f"rank{rank}.json").write_text(json.dumps(
         {"rank": rank, "before": base, "after_load": after_load, "after_init": after_init,
          "params_full": full, "params_local": local}))
+    dist.barrier()  # no rank tears the group down while a peer still uses it
     dist.destroy_process_group()
 
 
