@@ -5,13 +5,14 @@ left-padded single-forward plumbing on a tiny random Llama (no downloads)."""
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from tiny_models import float64_llama, norms_in_float64
 
 from distrec.objectives.cft import (
     IGNORE_INDEX,
@@ -388,13 +389,6 @@ def add_sums(*parts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in keys}
 
 
-def _float64_llama():
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, pad_token_id=0, attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg).double()
-
-
 def shared_prefix_rows():
     """Counterfactual prompts that begin with the factual prompt's first tokens (one preamble for
     both branches): row 0 shares 4 tokens then differs; row 1 is the factual row without its
@@ -419,28 +413,12 @@ def _loss_and_grads(model, trainable, rows=cft_rows, **layout):
     return float(loss.detach()), [p.grad.clone() for p in trainable]
 
 
-def _norms_in_float64(model):
-    """Hugging Face's ``LlamaRMSNorm`` computes in float32 whatever the model's dtype, so its
-    backward rounds the upstream gradient to float32: a prefix token shared by both branches
-    gets ``round32(g_f + g_cf)`` where separate rows get ``round32(g_f) + round32(g_cf)``. The
-    same formula in the input's dtype removes that rounding and leaves the layout's own error."""
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
-    def forward(self, x):
-        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-
-    for module in model.modules():
-        if isinstance(module, LlamaRMSNorm):
-            module.forward = types.MethodType(forward, module)
-    return model
-
-
 @pytest.mark.parametrize("rows", [cft_rows, shared_prefix_rows])
 def test_packed_branches_give_the_separate_forwards_loss_and_gradients(rows):
     """Packing (one row per instance, the shared prefix computed once) against the reference of
     two plain forwards, each row in its own left-padded batch, and against the stacked [2B, T]
     layout: equal to float64 rounding."""
-    model = _norms_in_float64(_float64_llama())
+    model = norms_in_float64(float64_llama())
     params = [p for p in model.parameters()]
     ref_loss, ref_grads = _loss_and_grads(model, params, rows, stacked=False)
     for layout in ({"pack": True}, {"pack": False}):
@@ -451,7 +429,7 @@ def test_packed_branches_give_the_separate_forwards_loss_and_gradients(rows):
 
 
 def test_shared_prefix_with_stock_norms_agrees_to_float32_rounding():
-    model = _float64_llama()
+    model = float64_llama()
     params = [p for p in model.parameters()]
     ref_loss, ref_grads = _loss_and_grads(model, params, shared_prefix_rows, stacked=False)
     loss, grads = _loss_and_grads(model, params, shared_prefix_rows, pack=True)
@@ -500,7 +478,7 @@ def test_packed_branches_carry_cflora_instances_per_row(rows):
 
     adapter = cflora_adapter(d_instance=6, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
                              mode="generated")
-    model = adapter.attach(_norms_in_float64(_float64_llama())).double()
+    model = adapter.attach(norms_in_float64(float64_llama())).double()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable
     h_u = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -523,5 +501,5 @@ def test_generative_task_reports_the_tokens_its_forward_runs(pack, expected):
     f, cf, resp = _shared_prefix_lists()
     mb = {"input_ids": f, "cf_input_ids": cf, "labels": [[IGNORE_INDEX] * (len(x) - len(r)) + r for x, r in zip(f, resp)]}
     task = GenerativeTask(CftConfig(pack=pack), Batchify(PAD, torch.device("cpu")))
-    _, stats = task.micro_loss(_float64_llama(), mb, task.normalisers([mb]))
+    _, stats = task.micro_loss(float64_llama(), mb, task.normalisers([mb]))
     assert stats.get("forward_tokens") == expected

@@ -191,6 +191,7 @@ class TrainConfig:
     stop_at_step: Optional[int] = None  # pause after this step's checkpoint; re-run the same run name to go on
     group_by_length: bool = False  # micro-batches of similar prompt lengths (less padding; data_stream.length_grouped_order)
     group_steps: int = 32  # optimiser steps per length-sorted window
+    share_prefix: bool = False  # a micro-batch's common prompt prefix runs once (objectives.shared_prefix)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0 or self.grad_accum <= 0 or self.epochs <= 0:
@@ -333,6 +334,11 @@ class JobConfig:
             raise ValueError("model.kind=eimf trains on next-item samples: set data.task=generative")
         if self.crm.history == "retrieved" and not self.subr.enabled:
             raise ValueError("crm.history=retrieved reads SUBR's history_indices: set subr.enabled=true")
+        if self.train.share_prefix and (self.model.kind != "causal_lm" or self.model.gradient_checkpointing
+                                        or self.needs_crm):
+            raise ValueError("train.share_prefix needs model.kind=causal_lm and none of model.gradient_checkpointing "
+                             "(its recompute would meet a cache already extended), spa.enabled or CFLoRA mode "
+                             "'generated' (per-instance inputs make rows differ from the first token)")
 
     @property
     def cflora_generated(self) -> bool:

@@ -387,6 +387,36 @@ def cft_logits(
     return z_f, z_cf, y
 
 
+def shared_cft_logits(model, f_ids: torch.Tensor, f_mask: torch.Tensor, f_labels: torch.Tensor,
+                      cf_ids: torch.Tensor | None = None, cf_mask: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int] | None:
+    """:func:`cft_logits` with the micro-batch's common prefixes computed once
+    (``objectives.shared_prefix``): the factual rows' common prefix and, with ``cf_ids``, the
+    counterfactual rows' (CFT's counterfactual prompts differ only in their responses, so nearly
+    all of each is shared), in one trunk; each instance's factual and counterfactual tails side by
+    side in one row. Same logits as :func:`cft_logits` up to float rounding.
+
+    Returns:
+        ``(z_f, z_cf or None, y, forward tokens)`` as :func:`cft_logits`, plus the real tokens the
+        forward ran; None when nothing is shared (the caller runs :func:`cft_logits`).
+    """
+    from distrec.objectives.shared_prefix import Group, trunk_forward
+
+    n_keep = keep_length(f_labels)
+    if n_keep == 0:
+        raise ValueError("no label tokens in this micro-batch")
+    need = scored_counts(f_labels) + 1
+    groups = [Group(f_ids, f_mask, need, n_keep + 1)]
+    if cf_ids is not None:
+        groups.append(Group(cf_ids, cf_mask, need, n_keep + 1))
+    got = trunk_forward(model, groups)
+    if got is None:
+        return None
+    logits, n_tokens = got
+    z_cf = logits[1][:, :-1] if cf_ids is not None else None
+    return logits[0][:, :-1], z_cf, response_labels(f_labels, n_keep), n_tokens
+
+
 # ------------------------------------------------------------------------------ losses
 
 

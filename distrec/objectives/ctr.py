@@ -29,6 +29,17 @@ def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return out.logits[:, -1, :].float()
 
 
+def shared_answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         ) -> tuple[torch.Tensor, int] | None:
+    """:func:`answer_logits` with the rows' common prompt prefix computed once
+    (``objectives.shared_prefix``): ``((B, V) logits, real tokens the forward ran)``, equal to
+    :func:`answer_logits` up to float rounding; None when nothing is shared."""
+    from distrec.objectives.shared_prefix import Group, trunk_forward
+
+    got = trunk_forward(model, [Group(input_ids, attention_mask, 1, 1)])
+    return None if got is None else (got[0][0][:, -1], got[1])
+
+
 def ctr_loss_sum(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
     """Summed answer-token cross-entropy over the batch (normalised later by the global count)."""
     return F.cross_entropy(logits, answer_ids, reduction="sum")

@@ -75,39 +75,47 @@ class _Task:
 
 
 class CtrTask(_Task):
-    """P(yes) at the answer position; LM loss of the answer token (see ``objectives.ctr``)."""
+    """P(yes) at the answer position; LM loss of the answer token (see ``objectives.ctr``).
+
+    ``share_prefix``: the micro-batch's common prompt prefix runs once (``objectives.shared_prefix``).
+    """
 
     selection = ("auc", True)
     eval_columns = CTR_COLUMNS
 
-    def __init__(self, yes_id: int, no_id: int, batchify: Batchify, conditioning=None) -> None:
+    def __init__(self, yes_id: int, no_id: int, batchify: Batchify, conditioning=None,
+                 share_prefix: bool = False) -> None:
         self.yes_id, self.no_id, self.b = yes_id, no_id, batchify
-        self.conditioning = conditioning
+        self.conditioning, self.share_prefix = conditioning, share_prefix
 
     normalisers = staticmethod(sample_counts)
     step_loss = staticmethod(mean_sample_loss)
 
-    def _logits(self, engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from distrec.objectives.ctr import answer_logits
+    def _logits(self, engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """``(logits [B, V], answer ids [B], {"forward_tokens": n}`` when the prefix was shared)."""
+        from distrec.objectives.ctr import answer_logits, shared_answer_logits
 
         ids, mask = self.b.ids([seq[:-1] for seq in batch["input_ids"]])
         answers = torch.as_tensor([int(seq[-1]) for seq in batch["input_ids"]], device=ids.device)
-        return answer_logits(engine, ids, mask, **self._kwargs(batch)), answers
+        shared = shared_answer_logits(engine, ids, mask) if self.share_prefix else None
+        if shared is not None:
+            return shared[0], answers, {"forward_tokens": shared[1] + len(answers)}
+        return answer_logits(engine, ids, mask, **self._kwargs(batch)), answers, {}
 
     def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the global mean answer loss (and its summed loss)."""
         from distrec.objectives.ctr import ctr_loss_sum
 
-        logits, answers = self._logits(engine, mb)
+        logits, answers, through = self._logits(engine, mb)
         loss_sum = ctr_loss_sum(logits, answers)
-        return loss_sum / max(norms["samples"], 1.0), {"loss_sum": float(loss_sum.detach())}
+        return loss_sum / max(norms["samples"], 1.0), {"loss_sum": float(loss_sum.detach()), **through}
 
     @torch.no_grad()
     def eval_rows(self, engine, batch: dict, n_real: int) -> list[tuple]:
         from distrec.objectives.ctr import p_yes
 
         with self.context(batch):
-            logits, _ = self._logits(engine, batch)
+            logits, _, _ = self._logits(engine, batch)
         probs = p_yes(logits, self.yes_id, self.no_id).cpu().numpy()
         return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(probs[i]))
                 for i in range(n_real)]
@@ -138,8 +146,8 @@ class GenerativeTask(_Task):
     eval_columns = (("sample_id", "<i8"), ("ln_sum", "<f8"), ("weight_sum", "<f8"), ("ln_plain_sum", "<f8"),
                     ("tokens", "<f8"))
 
-    def __init__(self, cft, batchify: Batchify) -> None:
-        self.cft, self.b = cft, batchify
+    def __init__(self, cft, batchify: Batchify, share_prefix: bool = False) -> None:
+        self.cft, self.b, self.share_prefix = cft, batchify, share_prefix
 
     def _label_rows(self, mb: dict, width: int) -> torch.Tensor:
         return self.b.labels(mb["labels"], width)
@@ -156,19 +164,27 @@ class GenerativeTask(_Task):
         return total
 
     def _sums(self, engine, mb: dict, with_cf: bool) -> dict[str, torch.Tensor]:
-        from distrec.objectives.cft import cft_logits, cft_loss_sums, packed_forward_tokens, token_weights
+        from distrec.objectives.cft import (cft_logits, cft_loss_sums, packed_forward_tokens, shared_cft_logits,
+                                            token_weights)
 
         f_ids, f_mask = self.b.ids(mb["input_ids"])
         f_labels = self._label_rows(mb, f_ids.shape[1])
         cf_ids = cf_mask = None
         if with_cf:
             cf_ids, cf_mask = self.b.ids(mb["cf_input_ids"])
-        z_f, z_cf, y = cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask, self.b.pad_id,
-                                  stacked=self.cft.stacked, cf_grad=self.cft.cf_grad, pack=self.cft.pack)
+        shared = shared_cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask) if self.share_prefix else None
+        if shared is not None:
+            z_f, z_cf, y, through = shared
+        else:
+            z_f, z_cf, y = cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask, self.b.pad_id,
+                                      stacked=self.cft.stacked, cf_grad=self.cft.cf_grad, pack=self.cft.pack)
+            through = None
+            if with_cf and self.cft.stacked and self.cft.pack:  # the shared prefix runs once
+                through = packed_forward_tokens(f_ids, f_mask, cf_ids, cf_mask, f_labels)
         weights = token_weights(y != -100, self.cft.beta, self.cft.weight_rule)
         sums = cft_loss_sums(z_f, z_cf, y, weights, cf_grad=self.cft.cf_grad)
-        if with_cf and self.cft.stacked and self.cft.pack:  # the shared prefix runs once
-            sums["forward_tokens"] = packed_forward_tokens(f_ids, f_mask, cf_ids, cf_mask, f_labels)
+        if through is not None:
+            sums["forward_tokens"] = torch.as_tensor(float(through))
         return sums
 
     def micro_loss(self, engine, mb: dict, norms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:

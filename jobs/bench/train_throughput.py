@@ -10,8 +10,9 @@ Rows (every ``key=value`` override applies to all of them):
 - ``sft`` and ``cft`` (both branches) on the generative config, against HF Trainer on the same
   generative samples; the CFT row also gives its step time over distrec SFT's. ``cft-stacked``,
   ``cft-grouped``, ``cft-shared`` (``prompt.cf_preamble=same``: the counterfactual prompt keeps
-  the factual preamble, so packing computes everything before the history once), and the
-  ``-grouped`` rows (``train.group_by_length``) are variants.
+  the factual preamble, so packing computes everything before the history once), the
+  ``-grouped`` rows (``train.group_by_length``) and the ``-prefix`` rows (``train.share_prefix``:
+  a micro-batch's common prompt prefix runs once) are variants.
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
 optimiser steps and read back the per-step TensorBoard scalars; HF rows run
@@ -54,13 +55,20 @@ ROWS = {  # name: (config, overrides, baseline group)
     "sft-grouped": (GEN_CONFIG, ["cft.lam=0", "train.group_by_length=true"], "gen"),
     "cft-grouped": (GEN_CONFIG, ["train.group_by_length=true"], "gen"),
     "cft-shared": (GEN_CONFIG, ["prompt.cf_preamble=same"], "gen"),
+    "lora-prefix": (CTR_CONFIG, ["train.share_prefix=true"], "ctr"),
+    "sft-prefix": (GEN_CONFIG, ["cft.lam=0", "train.share_prefix=true"], "gen"),
+    "cft-prefix": (GEN_CONFIG, ["train.share_prefix=true"], "gen"),
+    "lora-grouped-prefix": (CTR_CONFIG, ["train.group_by_length=true", "train.share_prefix=true"], "ctr"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
           "cft": "distrec CFT, branches packed (generative)", "cft-stacked": "distrec CFT, branches stacked (generative)",
           "lora-grouped": "distrec LoRA, length-grouped (CTR)", "sft-grouped": "distrec LoRA SFT, length-grouped",
           "cft-grouped": "distrec CFT packed, length-grouped",
-          "cft-shared": "distrec CFT packed, one preamble (prefix shared)"}
+          "cft-shared": "distrec CFT packed, one preamble (prefix shared)",
+          "lora-prefix": "distrec LoRA, common prefix once (CTR)", "sft-prefix": "distrec LoRA SFT, common prefix once",
+          "cft-prefix": "distrec CFT, common prefixes once",
+          "lora-grouped-prefix": "distrec LoRA, length-grouped, common prefix once (CTR)"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
 
@@ -154,7 +162,8 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
             lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
                          f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['padding']:.1%} "
                          f"| {r['peak_rss_gib']:.2f} | {ratio} |")
-    for cft, sft in (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft")):
+    for cft, sft in (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
+                     ("cft-prefix", "sft-prefix")):
         if cft in results and sft in results:
             c, f = results[cft], results[sft]
             lines.append(f"\n{LABELS[cft]} step / {LABELS[sft]} step (medians, same samples): "
