@@ -15,7 +15,7 @@ from tiny_models import float64_llama, norms_in_float64
 from distrec.data.batching import left_pad
 from distrec.objectives.cft import IGNORE_INDEX, cft_logits, cft_loss_sums, combine, shared_cft_logits
 from distrec.objectives.ctr import answer_logits, shared_answer_logits
-from distrec.objectives.shared_prefix import _trunk, group_prefix
+from distrec.objectives.shared_prefix import _trunk, enable_trunk_attention, group_prefix
 
 PAD, EOS = 0, 1
 HEADER = [5, 6, 7, 8]  # the template's opening, common to every prompt
@@ -38,7 +38,9 @@ def labelled(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 @pytest.fixture()
 def model():
-    return norms_in_float64(float64_llama())
+    model = norms_in_float64(float64_llama())
+    enable_trunk_attention(model)
+    return model
 
 
 def grads_of(model, loss_fn) -> tuple[float, list[torch.Tensor]]:
@@ -125,8 +127,23 @@ def test_a_trunk_row_of_padding_queries_stays_finite(model):
     assert torch.isfinite(got).all() and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_activation_checkpointing_recomputes_the_packed_row_to_the_same_gradients(model):
+    ids, mask = left_pad(CTR_ROWS, PAD)
+    answers = torch.tensor([3, 4, 3, 4])
+    ce = torch.nn.functional.cross_entropy
+    want = grads_of(model, lambda: ce(answer_logits(model, ids, mask), answers))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # checkpointing acts in training mode; the model has no dropout
+    assert_same(grads_of(model, lambda: ce(shared_answer_logits(model, ids, mask)[0], answers)), want)
+
+
+def test_a_model_without_trunk_attention_is_refused():
+    ids, mask = left_pad(CTR_ROWS, PAD)
+    with pytest.raises(RuntimeError, match="enable_trunk_attention"):
+        shared_answer_logits(float64_llama(), ids, mask)
+
+
 @pytest.mark.parametrize("extra, key", [
-    (["model.gradient_checkpointing=true"], "gradient_checkpointing"),
     (["spa.enabled=true"], "spa.enabled"),
     (["adapter.kind=cflora", "adapter.cflora.mode=generated"], "generated"),
 ])

@@ -334,10 +334,8 @@ class JobConfig:
             raise ValueError("model.kind=eimf trains on next-item samples: set data.task=generative")
         if self.crm.history == "retrieved" and not self.subr.enabled:
             raise ValueError("crm.history=retrieved reads SUBR's history_indices: set subr.enabled=true")
-        if self.train.share_prefix and (self.model.kind != "causal_lm" or self.model.gradient_checkpointing
-                                        or self.needs_crm):
-            raise ValueError("train.share_prefix needs model.kind=causal_lm and none of model.gradient_checkpointing "
-                             "(its recompute would meet a cache already extended), spa.enabled or CFLoRA mode "
+        if self.train.share_prefix and (self.model.kind != "causal_lm" or self.needs_crm):
+            raise ValueError("train.share_prefix needs model.kind=causal_lm without spa.enabled or CFLoRA mode "
                              "'generated' (per-instance inputs make rows differ from the first token)")
 
     @property

@@ -1,26 +1,27 @@
-"""A micro-batch's common prompt prefix computed once: the trunk, kept as a KV cache.
+"""A micro-batch's common prompt prefix computed once: the trunk, then each row's tail, in one packed row.
 
 Prompts from one template open with the same tokens (chat header, instruction): about 28 of
 157 tokens of the ML-100K CTR prompts, 89 of 141 of the generative ones. Under causal attention
-the hidden states of those tokens do not depend on what follows them, so the forward can run
-them once (batch 1), keep their keys and values, and run every row's remainder (its tail)
-against them. Each tail token sees the same tokens at the same positions as in its own
-left-padded row, so its logits equal the plain forward's up to float rounding, and backward
-sums the trunk's gradient over the rows, as the plain forward does over identical copies.
-The saving is ``(B − 1) · P`` tokens of a micro-batch of B rows sharing P tokens, at the cost
-of one more (short) forward call; attention does not grow. This is prefix caching used for
-training: Hydragen (Juravsky et al., 2024, §3) computes attention over a shared prefix once.
+the hidden states of those tokens do not depend on what follows them, so one forward can run
+them once and every row's remainder (its tail) after them: the trunk and the tails are packed
+into a single row without padding, and an attention function (:func:`trunk_attention`) lets
+every tail token attend to its trunk columns and to its own row's earlier tokens. Each token
+thus sees the same tokens at the same positions as in its own left-padded row, so the logits
+equal the plain forward's up to float rounding, and backward sums the trunk's gradient over the
+rows, as the plain forward does over identical copies. The linear layers run ``(B − 1) · P``
+fewer tokens for B rows sharing P (and no padding); attention costs what the separate rows'
+does. One forward call, so ZeRO-3 gathers the parameters once, and activation checkpointing
+recomputes it like any other. Computing attention over a shared prefix once: Hydragen
+(Juravsky et al., 2024, §3); here in training, with the prefix's gradient.
 
 Not exact with dropout > 0: the trunk draws one dropout mask for all rows where the plain
-forward draws one per row (each row's loss is still an unbiased sample). Needs a model whose
-layers see their inputs once per forward: activation checkpointing would recompute the tails
-against a cache the first pass has already extended, and per-instance adapters (generated
-CFLoRA, SPA soft prompts) make the prefix differ between rows.
+forward draws one per row (each row's loss is still an unbiased sample). Per-instance inputs
+(generated CFLoRA, SPA soft prompts) make the rows differ from the first token: no trunk.
 
 Groups: CFT's factual and counterfactual prompts are two groups, each with its own common
-prefix. The trunk row holds group 0's prefix, then each other group's prefix from where it
-departs from group 0's (positions continue there); each tail token sees its group's trunk
-columns and the earlier real tokens of its own group in its own row (:func:`trunk_forward`).
+prefix. The trunk holds group 0's prefix, then each other group's prefix from where it departs
+from group 0's (positions continue there); each tail token sees its group's trunk columns and
+the earlier real tokens of its own group in its own row (:func:`trunk_forward`).
 """
 
 from __future__ import annotations
@@ -102,20 +103,84 @@ def _tails(groups: list[Group], prefix: list[int]):
     return torch.cat(ids, 1), torch.cat(positions, 1), torch.cat(real, 1), torch.cat(owner), spans
 
 
+ATTENTION = "distrec_trunk"
+"""The attention implementation :func:`enable_trunk_attention` gives a model: SDPA, and trunk
+attention for a forward called with a ``distrec_trunk=`` layout."""
+
+
+@dataclass
+class Layout:
+    """Where the packed row's tokens sit: the trunk (columns ``0..length−1``, attending through
+    ``trunk_mask [L, L]``), then every row's real tail tokens in row order. ``index [B, W]``: the
+    packed column of each tail slot (0 where ``real`` is False); ``mask [B, 1, W, L + W]``: what
+    each tail slot sees, the trunk's columns then the row's slots. ``calls`` counts the attention
+    layers that read it, so a model without trunk attention is caught."""
+
+    length: int
+    trunk_mask: torch.Tensor
+    index: torch.Tensor
+    real: torch.Tensor
+    mask: torch.Tensor
+    calls: int = 0
+
+
+def trunk_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                    distrec_trunk: Layout | None = None, **kwargs):
+    """Hugging Face attention function (``AttentionInterface``): SDPA, or, for a packed row
+    ``query [1, H, N, d]``, ``key``/``value`` ``[1, H_kv, N, d]`` with a :class:`Layout`, the trunk's
+    causal attention plus every tail slot's attention over its trunk columns and its row.
+    Returns ``([1, N, H, d], None)`` as SDPA's function does."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if distrec_trunk is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    lay = distrec_trunk
+    lay.calls += 1
+    q = query[0]
+    k, v = (repeat_kv(x, module.num_key_value_groups)[0] for x in (key, value))
+    n = lay.length
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    trunk = sdpa(q[None, :, :n], k[None, :, :n], v[None, :, :n], attn_mask=lay.trunk_mask[None, None],
+                 dropout_p=dropout, scale=scaling)[0]
+    rows = lay.index.shape[0]
+    q_t, k_t, v_t = (x[:, lay.index].transpose(0, 1) for x in (q, k, v))  # [B, H, W, d]
+    k_t = torch.cat([k[None, :, :n].expand(rows, -1, -1, -1), k_t], 2)
+    v_t = torch.cat([v[None, :, :n].expand(rows, -1, -1, -1), v_t], 2)
+    tails = sdpa(q_t, k_t, v_t, attn_mask=lay.mask, dropout_p=dropout, scale=scaling)
+    out = torch.cat([trunk.transpose(0, 1), tails.transpose(1, 2)[lay.real]], 0)
+    return out[None], None
+
+
+def enable_trunk_attention(model) -> None:
+    """Give a Hugging Face model :func:`trunk_attention` (SDPA for every other forward); registers
+    it under :data:`ATTENTION` with Hugging Face's attention and mask interfaces."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, trunk_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    model.set_attn_implementation(ATTENTION)
+
+
 def trunk_forward(model, groups: list[Group]) -> tuple[list[torch.Tensor], int] | None:
-    """Two forward calls for rows that share prefixes: the trunk once, then every row's tails.
+    """One forward of a packed row: the trunk once, then every row's tails, no padding.
 
     Args:
-        model: a causal LM taking ``input_ids``, ``position_ids``, a 4-D boolean
-            ``attention_mask`` (True = attend), ``past_key_values`` and ``logits_to_keep``
-            (a Hugging Face model, or a DeepSpeed engine or PEFT wrapper around one).
+        model: a causal LM with :func:`enable_trunk_attention` (or a DeepSpeed engine or PEFT
+            wrapper around one), taking ``input_ids``, ``position_ids``, ``logits_to_keep`` and the
+            ``distrec_trunk`` layout, which Hugging Face passes down to the attention function.
         groups: one :class:`Group` per kind of row, the same B instances in every group.
 
     Returns:
         ``([logits [B, last_g, V] float32 per group], forward tokens)``: the logits of each group's
-        last ``last_g`` columns (right-aligned as in its left-padded rows), and the real tokens the
-        two calls ran; or None when there is nothing to share (one row, or no common prefix), so
+        last ``last_g`` columns (right-aligned as in its left-padded rows; a column before a row's
+        tail holds some other token's logits, as a padding column would), and the real tokens the
+        forward ran; or None when there is nothing to share (one row, or no common prefix), so
         the caller runs its plain forward.
+
+    Raises:
+        RuntimeError: the model's attention did not read the layout (no :func:`enable_trunk_attention`).
     """
     n_rows = groups[0].ids.shape[0]
     prefix = [group_prefix(g.ids, g.mask, g.need, g.last) for g in groups]
@@ -123,10 +188,7 @@ def trunk_forward(model, groups: list[Group]) -> tuple[list[torch.Tensor], int] 
         return None
     heads = [g.ids[0, g.ids.shape[1] - int(g.mask[0].sum()):][:p] for g, p in zip(groups, prefix)]
     trunk_ids, trunk_pos, visible, trunk_mask = _trunk(heads)
-    device = trunk_ids.device
-    cache = model(input_ids=trunk_ids[None], position_ids=trunk_pos[None], attention_mask=trunk_mask[None, None],
-                  use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long, device=device)).past_key_values
-    cache.batch_repeat_interleave(n_rows)
+    device, n_trunk = trunk_ids.device, len(trunk_ids)
 
     ids, positions, real, owner, spans = _tails(groups, prefix)
     width = ids.shape[1]
@@ -134,8 +196,14 @@ def trunk_forward(model, groups: list[Group]) -> tuple[list[torch.Tensor], int] 
     own = (cols[None, :] <= cols[:, None]) & (owner[None, :] == owner[:, None])
     own = (own[None] & real[:, None, :] & real[:, :, None]) | torch.eye(width, dtype=torch.bool, device=device)[None]
     sees_trunk = visible[owner][None] & real[:, :, None]
-    mask = torch.cat([sees_trunk, own], 2)[:, None]
+    index = torch.zeros_like(ids)
+    index[real] = n_trunk + torch.arange(int(real.sum()), device=device)
+    layout = Layout(n_trunk, trunk_mask, index, real, torch.cat([sees_trunk, own], 2)[:, None])
     keep = torch.cat([torch.arange(end - g.last, end, device=device) for (_, end), g in zip(spans, groups)])
-    logits = model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                   use_cache=True, logits_to_keep=keep).logits.float()
-    return list(logits.split([g.last for g in groups], 1)), len(trunk_ids) + int(real.sum())
+    out = model(input_ids=torch.cat([trunk_ids, ids[real]])[None], position_ids=torch.cat([trunk_pos, positions[real]])[None],
+                logits_to_keep=index[:, keep].reshape(-1), use_cache=False, distrec_trunk=layout)
+    if layout.calls == 0:
+        raise RuntimeError("the model's attention ignored the trunk layout: call "
+                           "distrec.objectives.shared_prefix.enable_trunk_attention(model) first")
+    logits = out.logits.float().reshape(n_rows, len(keep), -1)
+    return list(logits.split([g.last for g in groups], 1)), n_trunk + int(real.sum())

@@ -32,6 +32,10 @@ def build_causal_lm(job, strategy, loop_config: dict) -> Built:
     tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
     with strategy.model_init_context():
         llm = build_model(job.model)
+    if job.train.share_prefix:
+        from distrec.objectives.shared_prefix import enable_trunk_attention
+
+        enable_trunk_attention(llm)
     backbone_config = llm.config
     add_spa_tokens(job, tokenizer, llm)
     adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
