@@ -26,6 +26,9 @@ Conventions of this package (see ``ctr.py``, ``normalisation.py``):
   (:func:`pack_branches`), so the counterfactual branch costs only its own tokens. Stacked:
   one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`), the counterfactual rows padded to
   the factual width.
+- With ``train.share_prefix``, :func:`shared_cft_logits` runs instead: the common prefix of the
+  micro-batch's factual rows and that of its counterfactual rows run once, and every branch pays
+  only for what follows them (``objectives.shared_prefix``).
 - Losses are returned as SUMS with their normalisers (:func:`cft_loss_sums`); the caller
   sums them over micro-batches and ranks and calls :func:`combine` — so gradient
   accumulation k and k workers equal one k-times larger batch exactly.
