@@ -200,8 +200,9 @@ def trunk_forward(model, groups: list[Group]) -> tuple[list[torch.Tensor], int] 
     index[real] = n_trunk + torch.arange(int(real.sum()), device=device)
     layout = Layout(n_trunk, trunk_mask, index, real, torch.cat([sees_trunk, own], 2)[:, None])
     keep = torch.cat([torch.arange(end - g.last, end, device=device) for (_, end), g in zip(spans, groups)])
-    out = model(input_ids=torch.cat([trunk_ids, ids[real]])[None], position_ids=torch.cat([trunk_pos, positions[real]])[None],
-                logits_to_keep=index[:, keep].reshape(-1), use_cache=False, distrec_trunk=layout)
+    packed_ids, packed_pos = torch.cat([trunk_ids, ids[real]])[None], torch.cat([trunk_pos, positions[real]])[None]
+    out = model(input_ids=packed_ids, position_ids=packed_pos, logits_to_keep=index[:, keep].reshape(-1),
+                use_cache=False, distrec_trunk=layout)
     if layout.calls == 0:
         raise RuntimeError("the model's attention ignored the trunk layout: call "
                            "distrec.objectives.shared_prefix.enable_trunk_attention(model) first")

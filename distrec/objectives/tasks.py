@@ -97,7 +97,7 @@ class CtrTask(_Task):
 
         ids, mask = self.b.ids([seq[:-1] for seq in batch["input_ids"]])
         answers = torch.as_tensor([int(seq[-1]) for seq in batch["input_ids"]], device=ids.device)
-        shared = shared_answer_logits(engine, ids, mask) if self.share_prefix else None
+        shared = shared_answer_logits(engine, ids, mask) if self.share_prefix and self.conditioning is None else None
         if shared is not None:
             return shared[0], answers, {"forward_tokens": shared[1] + len(answers)}
         return answer_logits(engine, ids, mask, **self._kwargs(batch)), answers, {}
