@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from distrec.data.batching import position_ids_for
 
@@ -112,14 +113,15 @@ attention for a forward called with a ``distrec_trunk=`` layout."""
 class Layout:
     """Where the packed row's tokens sit: the trunk (columns ``0..length−1``, attending through
     ``trunk_mask [L, L]``), then every row's real tail tokens in row order. ``index [B, W]``: the
-    packed column of each tail slot (0 where ``real`` is False); ``mask [B, 1, W, L + W]``: what
+    packed column of each tail slot (0 where it holds no real token); ``slots``: the (row, column)
+    indices of the real slots, in packed order; ``mask [B, 1, W, L + W]``: what
     each tail slot sees, the trunk's columns then the row's slots. ``calls`` counts the attention
     layers that read it, so a model without trunk attention is caught."""
 
     length: int
     trunk_mask: torch.Tensor
     index: torch.Tensor
-    real: torch.Tensor
+    slots: tuple[torch.Tensor, torch.Tensor]
     mask: torch.Tensor
     calls: int = 0
 
@@ -130,8 +132,6 @@ def trunk_attention(module, query, key, value, attention_mask, dropout: float = 
     ``query [1, H, N, d]``, ``key``/``value`` ``[1, H_kv, N, d]`` with a :class:`Layout`, the trunk's
     causal attention plus every tail slot's attention over its trunk columns and its row.
     Returns ``([1, N, H, d], None)`` as SDPA's function does."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     if distrec_trunk is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -148,7 +148,7 @@ def trunk_attention(module, query, key, value, attention_mask, dropout: float = 
     k_t = torch.cat([k[None, :, :n].expand(rows, -1, -1, -1), k_t], 2)
     v_t = torch.cat([v[None, :, :n].expand(rows, -1, -1, -1), v_t], 2)
     tails = sdpa(q_t, k_t, v_t, attn_mask=lay.mask, dropout_p=dropout, scale=scaling)
-    out = torch.cat([trunk.transpose(0, 1), tails.transpose(1, 2)[lay.real]], 0)
+    out = torch.cat([trunk.transpose(0, 1), tails.transpose(1, 2)[lay.slots]], 0)
     return out[None], None
 
 
@@ -196,15 +196,17 @@ def trunk_forward(model, groups: list[Group]) -> tuple[list[torch.Tensor], int] 
     own = (cols[None, :] <= cols[:, None]) & (owner[None, :] == owner[:, None])
     own = (own[None] & real[:, None, :] & real[:, :, None]) | torch.eye(width, dtype=torch.bool, device=device)[None]
     sees_trunk = visible[owner][None] & real[:, :, None]
+    slots = real.nonzero(as_tuple=True)  # once here, not a boolean mask in every layer
+    n_tail = len(slots[0])
     index = torch.zeros_like(ids)
-    index[real] = n_trunk + torch.arange(int(real.sum()), device=device)
-    layout = Layout(n_trunk, trunk_mask, index, real, torch.cat([sees_trunk, own], 2)[:, None])
+    index[slots] = n_trunk + torch.arange(n_tail, device=device)
+    layout = Layout(n_trunk, trunk_mask, index, slots, torch.cat([sees_trunk, own], 2)[:, None])
     keep = torch.cat([torch.arange(end - g.last, end, device=device) for (_, end), g in zip(spans, groups)])
-    packed_ids, packed_pos = torch.cat([trunk_ids, ids[real]])[None], torch.cat([trunk_pos, positions[real]])[None]
+    packed_ids, packed_pos = torch.cat([trunk_ids, ids[slots]])[None], torch.cat([trunk_pos, positions[slots]])[None]
     out = model(input_ids=packed_ids, position_ids=packed_pos, logits_to_keep=index[:, keep].reshape(-1),
                 use_cache=False, distrec_trunk=layout)
     if layout.calls == 0:
         raise RuntimeError("the model's attention ignored the trunk layout: call "
                            "distrec.objectives.shared_prefix.enable_trunk_attention(model) first")
     logits = out.logits.float().reshape(n_rows, len(keep), -1)
-    return list(logits.split([g.last for g in groups], 1)), n_trunk + int(real.sum())
+    return list(logits.split([g.last for g in groups], 1)), n_trunk + n_tail
