@@ -225,6 +225,9 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False
     offload_param: bool = False
     gradient_clipping: float = 1.0
+    # ZeRO-3: parameters gathered by an optimiser step's first micro-batch stay gathered until the
+    # step (train.strategy.DeepSpeedStrategy.accumulation_window); off with offload_param
+    gather_once_per_step: bool = True
     extra: dict[str, object] = field(default_factory=dict)  # merged into the DeepSpeed config as is
 
     def __post_init__(self) -> None:

@@ -165,7 +165,8 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
             tokens, forward_tokens, flops = 0, 0, 0.0  # forward_tokens: with CFT's counterfactual rows
             padded, slots = padding_counts(micro_batches)
             profile_path = ctx.run_dir / "diagnostics" / f"profile_rank{strategy.rank}_step{state.step + 1}.json"
-            with profiling.profiled(profile_path, ctx.job.debug.profile_step == state.step + 1, timer):
+            with profiling.profiled(profile_path, ctx.job.debug.profile_step == state.step + 1, timer), \
+                    strategy.accumulation_window():
                 for mb in micro_batches:
                     with timer.phase("compute"), task.context(mb):
                         with profiling.phase("forward"):

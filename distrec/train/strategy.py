@@ -18,6 +18,12 @@ import torch.distributed as dist
 
 from distrec.config import DeepSpeedConfig, TrainConfig
 
+# Not the id of any submodule. ZeRO-3 keeps a gathered parameter while its set of active
+# submodules (``ds_active_sub_modules``) is not empty, and empties every set at the optimiser step.
+_HELD_FOR_STEP = -1
+# DeepSpeed's default ``stage3_max_live_parameters``.
+_DEFAULT_MAX_LIVE = 1_000_000_000
+
 
 def disable_cpu_shm_allreduce_build() -> None:
     """Skip DeepSpeed's JIT build of a CPU shared-memory allreduce op (45–120 s, 3–5 GB).
@@ -110,6 +116,7 @@ class DeepSpeedStrategy:
         self.world_size = dist.get_world_size()
         self.config = build_ds_config(ds, train, self.world_size)
         self.engine = None
+        self._hold_for_step = False
         self._hf_ds_config = None  # kept alive: transformers reads it through a weak reference
 
     @property
@@ -156,7 +163,40 @@ class DeepSpeedStrategy:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
         )
+        numel = sum(self.local_numel(p)[1] for p in model.parameters())
+        max_live = self.config["zero_optimization"].get("stage3_max_live_parameters", _DEFAULT_MAX_LIVE)
+        self._hold_for_step = (self.zero3 and self.ds_cfg.gather_once_per_step and not self.ds_cfg.offload_param
+                               and numel <= max_live)
         return self.engine
+
+    @contextlib.contextmanager
+    def accumulation_window(self) -> Iterator[None]:
+        """The micro-batches of one optimiser step: under ZeRO-3, gather each parameter once.
+
+        A parameter cannot change between an optimiser step's micro-batches, yet ZeRO-3 releases
+        it after each micro-batch's backward and all-gathers it again in the next forward. Inside
+        this window a gathered parameter stays gathered until the optimiser step (inside the
+        window) partitions every parameter again, so ``grad_accum`` micro-batches cost one
+        all-gather of the model instead of ``grad_accum``. Values and gradients are unchanged.
+
+        Memory: at most the whole model is gathered at once, which the window allows only when
+        the model has no more elements than ``stage3_max_live_parameters`` (DeepSpeed's bound on
+        gathered elements, 1e9 unless set in ``deepspeed.extra``). With DeepSpeed's default
+        ``stage3_max_reuse_distance`` (1e9) a model of up to 5e8 elements is whole at the end
+        of every forward anyway, so the peak does not rise. No-op below ZeRO-3, with
+        ``deepspeed.offload_param`` or with ``deepspeed.gather_once_per_step: false``.
+        """
+        if not self._hold_for_step:
+            yield
+            return
+        params = list(self.engine.module.parameters())
+        for p in params:
+            p.ds_active_sub_modules.add(_HELD_FOR_STEP)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.ds_active_sub_modules.discard(_HELD_FOR_STEP)
 
     # --- one optimiser step -------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
