@@ -1,0 +1,106 @@
+"""ZeRO-3 with gradient accumulation gathers each parameter once per optimiser step
+(``DeepSpeedStrategy.accumulation_window``), on 2 gloo ranks, and changes no number.
+
+The all-gathered bytes are read from DeepSpeed's own communication logger (``comms_logger``),
+and the reference is the same run with ``deepspeed.gather_once_per_step=false``: every
+micro-batch gathers the same parameters, so the window must divide the bytes by ``grad_accum``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from fixtures_gloo import free_port, gloo_rank
+
+GRAD_ACCUM, STEPS = 3, 3
+
+
+def _run(rank: int, world: int, port: int, overrides: list[str], out: str) -> None:
+    with gloo_rank(rank, world, port):
+        _train(rank, overrides, out)
+
+
+def _train(rank: int, overrides: list[str], out: str) -> None:
+    import deepspeed.comm as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from distrec.config import load_job_config
+    from distrec.train.strategy import DeepSpeedStrategy
+
+    # no persistent parameters: DeepSpeed re-gathers those after every optimiser step in both modes
+    extra = {"comms_logger": {"enabled": True, "prof_all": True},
+             "zero_optimization": {"stage3_param_persistence_threshold": 0}}
+    job = load_job_config(None, ["train.micro_batch_size=2", f"train.grad_accum={GRAD_ACCUM}",
+                                 f"deepspeed.extra={json.dumps(extra)}", *overrides])
+    strategy = DeepSpeedStrategy(job.deepspeed, job.train, use_gpu=False)
+    with strategy.model_init_context():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=128, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=4, intermediate_size=256))
+    model.model.embed_tokens.weight.requires_grad_(False)  # a frozen part, as under LoRA
+    engine = strategy.initialize(model, total_steps=10)
+    tokens = torch.Generator().manual_seed(rank)
+    losses, gathered = [], []
+    for _ in range(STEPS):
+        before = _gathered_bytes(dist)
+        with strategy.accumulation_window():
+            for _ in range(GRAD_ACCUM):
+                x = torch.randint(0, 100, (2, 12), generator=tokens)
+                loss = engine(input_ids=x, labels=x).loss
+                strategy.backward(loss)
+                strategy.step()
+                losses.append(loss.item())
+        gathered.append(_gathered_bytes(dist) - before)
+    params = dict(engine.module.named_parameters())
+    with strategy.gathered(params.values()):
+        final = {n: p.detach().clone() for n, p in params.items() if p.requires_grad}
+    torch.save({"losses": losses, "gathered": gathered, "final": final}, Path(out) / f"rank{rank}.pt")
+
+
+def _gathered_bytes(dist) -> int:
+    """Bytes sent by ZeRO-3's parameter all-gathers (``all_gather_into_tensor``) so far."""
+    sizes = dist.comms_logger.get_raw_data().get("all_gather_into_tensor", {})
+    return sum(size * entry[0] for size, entry in sizes.items())
+
+
+def _spawn(tmp_path: Path, name: str, overrides: list[str]) -> dict:
+    out = tmp_path / name
+    out.mkdir()
+    mp.spawn(_run, args=(2, free_port(), overrides, str(out)), nprocs=2)
+    return torch.load(out / "rank0.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gather_once")
+    return {
+        "once": _spawn(tmp, "once", []),
+        "every": _spawn(tmp, "every", ["deepspeed.gather_once_per_step=false"]),
+        # a live-parameter budget below the model's 0.52M elements turns the window off
+        "over_budget": _spawn(tmp, "over_budget", ['deepspeed.extra.zero_optimization={"stage3_max_live_parameters": 50000, '
+                                                   '"stage3_param_persistence_threshold": 0}']),
+    }
+
+
+def test_one_step_gathers_the_model_once_instead_of_once_per_micro_batch(runs):
+    # from the second step on: the first one also gathers at start-up
+    once, every = runs["once"]["gathered"][1:], runs["every"]["gathered"][1:]
+    assert all(b > 0 for b in every)
+    assert [b * GRAD_ACCUM for b in once] == every
+
+
+def test_losses_and_trained_weights_are_unchanged(runs):
+    once, every = runs["once"], runs["every"]
+    assert once["losses"] == every["losses"]
+    assert once["final"].keys() == every["final"].keys()
+    for name, value in every["final"].items():
+        assert torch.equal(once["final"][name], value), name
+
+
+def test_a_model_larger_than_the_live_parameter_budget_gathers_per_micro_batch(runs):
+    assert runs["over_budget"]["gathered"] == runs["every"]["gathered"]
+    assert runs["over_budget"]["losses"] == runs["every"]["losses"]
