@@ -183,7 +183,7 @@ class DeepSpeedStrategy:
         the model has no more elements than ``stage3_max_live_parameters`` (DeepSpeed's bound on
         gathered elements, 1e9 unless set in ``deepspeed.extra``). With DeepSpeed's default
         ``stage3_max_reuse_distance`` (1e9) a model of up to 5e8 elements is whole at the end
-        of every forward anyway, so the peak does not rise. No-op below ZeRO-3, with
+        of every forward anyway, so no more is gathered at once than before. No-op below ZeRO-3, with
         ``deepspeed.offload_param`` or with ``deepspeed.gather_once_per_step: false``.
         """
         if not self._hold_for_step:
