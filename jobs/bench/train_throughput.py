@@ -12,7 +12,7 @@ Rows (every ``key=value`` override applies to all of them):
   ``cft-grouped``, ``cft-shared`` (``prompt.cf_preamble=same``: the counterfactual prompt keeps
   the factual preamble, so packing computes everything before the history once), the
   ``-grouped`` rows (``train.group_by_length``) and the ``-prefix`` rows (``train.share_prefix``:
-  a micro-batch's common prompt prefix runs once) are variants; the ``-regather`` rows turn off
+  a micro-batch's common prompt prefix runs once) are variants; the ``-regather`` row turns off
   ``deepspeed.gather_once_per_step`` (ZeRO-3 gathers the parameters in every micro-batch).
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
@@ -61,7 +61,6 @@ ROWS = {  # name: (config, overrides, baseline group)
     "cft-prefix": (GEN_CONFIG, ["train.share_prefix=true"], "gen"),
     "lora-grouped-prefix": (CTR_CONFIG, ["train.group_by_length=true", "train.share_prefix=true"], "ctr"),
     "lora-prefix-regather": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.gather_once_per_step=false"], "ctr"),
-    "sft-prefix-regather": (GEN_CONFIG, ["cft.lam=0", "train.share_prefix=true", "deepspeed.gather_once_per_step=false"], "gen"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
@@ -72,8 +71,7 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-prefix": "distrec LoRA, common prefix once (CTR)", "sft-prefix": "distrec LoRA SFT, common prefix once",
           "cft-prefix": "distrec CFT, common prefixes once",
           "lora-grouped-prefix": "distrec LoRA, length-grouped, common prefix once (CTR)",
-          "lora-prefix-regather": "distrec LoRA, common prefix once, ZeRO-3 gathers every micro-batch (CTR)",
-          "sft-prefix-regather": "distrec LoRA SFT, common prefix once, ZeRO-3 gathers every micro-batch"}
+          "lora-prefix-regather": "distrec LoRA, common prefix once, ZeRO-3 gathers every micro-batch (CTR)"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
 
