@@ -1,5 +1,6 @@
 """ZeRO-3 with gradient accumulation gathers each parameter once per optimiser step
-(``DeepSpeedStrategy.accumulation_window``), on 2 gloo ranks, and changes no number.
+(``DeepSpeedStrategy.accumulation_window``) and a frozen one once per run
+(``deepspeed.replicate_frozen``), on 2 gloo ranks, and changes no number.
 
 The all-gathered bytes are read from DeepSpeed's own communication logger (``comms_logger``),
 and the reference is the same run with ``deepspeed.gather_once_per_step=false``: every
@@ -17,6 +18,8 @@ import torch.multiprocessing as mp
 from fixtures_gloo import free_port, gloo_rank
 
 GRAD_ACCUM, STEPS = 3, 3
+# the comms logger counts a rank's input to all_gather_into_tensor: its half of the 100 x 128 fp32 embedding
+EMBEDDING_SHARD_BYTES = 100 * 128 * 4 // 2
 
 
 def _run(rank: int, world: int, port: int, overrides: list[str], out: str) -> None:
@@ -58,7 +61,9 @@ def _train(rank: int, overrides: list[str], out: str) -> None:
     params = dict(engine.module.named_parameters())
     with strategy.gathered(params.values()):
         final = {n: p.detach().clone() for n, p in params.items() if p.requires_grad}
-    torch.save({"losses": losses, "gathered": gathered, "final": final}, Path(out) / f"rank{rank}.pt")
+    torch.save({"losses": losses, "gathered": gathered, "final": final, "replicated": strategy.replicated,
+                "parameters": [n for n, _ in engine.module.named_parameters()],
+                "state_dict": list(engine.module.state_dict())}, Path(out) / f"rank{rank}.pt")
 
 
 def _gathered_bytes(dist) -> int:
@@ -80,6 +85,7 @@ def runs(tmp_path_factory):
     return {
         "once": _spawn(tmp, "once", []),
         "every": _spawn(tmp, "every", ["deepspeed.gather_once_per_step=false"]),
+        "frozen_partitioned": _spawn(tmp, "frozen_partitioned", ["deepspeed.replicate_frozen=false"]),
         # a live-parameter budget below the model's 0.52M elements turns the window off
         "over_budget": _spawn(tmp, "over_budget", ['deepspeed.extra.zero_optimization={"stage3_max_live_parameters": 50000, '
                                                    '"stage3_param_persistence_threshold": 0}']),
@@ -102,5 +108,24 @@ def test_losses_and_trained_weights_are_unchanged(runs):
 
 
 def test_a_model_larger_than_the_live_parameter_budget_gathers_per_micro_batch(runs):
-    assert runs["over_budget"]["gathered"] == runs["every"]["gathered"]
+    # ... the frozen embedding included: "every" keeps it whole (replicate_frozen), over budget it is not
+    assert runs["over_budget"]["replicated"] == []
+    extra = [o - e for o, e in zip(runs["over_budget"]["gathered"], runs["every"]["gathered"])]
+    assert extra == [GRAD_ACCUM * EMBEDDING_SHARD_BYTES] * STEPS
     assert runs["over_budget"]["losses"] == runs["every"]["losses"]
+
+
+def test_a_frozen_parameter_is_kept_whole_and_never_gathered_again(runs):
+    once, partitioned = runs["once"], runs["frozen_partitioned"]
+    assert once["replicated"] == ["model.embed_tokens.weight"] and partitioned["replicated"] == []
+    assert "model.embed_tokens.weight" not in once["parameters"] + once["state_dict"]
+    # partitioned, the frozen embedding is gathered once in every step
+    assert [p - o for p, o in zip(partitioned["gathered"], once["gathered"])] == [EMBEDDING_SHARD_BYTES] * STEPS
+
+
+def test_replicating_the_frozen_parameters_changes_no_number(runs):
+    once, partitioned = runs["once"], runs["frozen_partitioned"]
+    assert once["losses"] == partitioned["losses"]
+    assert once["final"].keys() == partitioned["final"].keys()
+    for name, value in partitioned["final"].items():
+        assert torch.equal(once["final"][name], value), name

@@ -46,9 +46,27 @@ def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
-def test_each_rank_holds_about_half_of_every_partitioned_parameter(baseline):
-    reports = [json.loads(p.read_text()) for p in sorted((baseline.run_dir / "diagnostics").glob("partition_rank*.json"))]
+def _partition_reports(run_dir: Path) -> list[dict]:
+    reports = [json.loads(p.read_text()) for p in sorted((run_dir / "diagnostics").glob("partition_rank*.json"))]
     assert [r["rank"] for r in reports] == [0, 1]
+    return reports
+
+
+def test_every_rank_holds_the_frozen_base_whole_by_default(baseline):
+    reports = _partition_reports(baseline.run_dir)
+    names = reports[0]["params"].keys()
+    replicated = reports[0]["replicated"]  # deepspeed.replicate_frozen
+    assert reports[1]["replicated"] == replicated
+    trained = [n for n in names if "lora_" in n]
+    assert trained and set(replicated) == set(names) - set(trained)
+    for name in replicated:
+        assert all(r["params"][name][0] == r["params"][name][1] for r in reports), name
+
+
+def test_with_the_base_partitioned_each_rank_holds_half_and_the_losses_are_equal(storage, baseline):
+    partitioned = run_job(tiny_job(storage, "partitioned", "deepspeed.replicate_frozen=false"))
+    reports = _partition_reports(partitioned.run_dir)
+    assert reports[0]["replicated"] == []
     names = reports[0]["params"].keys()
     big = [n for n in names if reports[0]["params"][n][1] >= 1000]
     assert big, "no sizeable parameters recorded"
@@ -57,6 +75,9 @@ def test_each_rank_holds_about_half_of_every_partitioned_parameter(baseline):
         locals_ = [r["params"][name][0] for r in reports]
         assert all(n <= -(-full // 2) for n in locals_), (name, locals_, full)
         assert sum(locals_) >= full, (name, locals_, full)  # together they hold it all
+    loss = read_scalars(partitioned.run_dir / "tensorboard")["train/loss"]
+    assert loss == read_scalars(baseline.run_dir / "tensorboard")["train/loss"]
+    assert_same_adapter(partitioned, baseline, atol=0)
 
 
 def test_loss_decreases_and_tensorboard_events_read_back(baseline):

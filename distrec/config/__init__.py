@@ -228,6 +228,9 @@ class DeepSpeedConfig:
     # ZeRO-3: parameters gathered by an optimiser step's first micro-batch stay gathered until the
     # step (train.strategy.DeepSpeedStrategy.accumulation_window); off with offload_param
     gather_once_per_step: bool = True
+    # ZeRO-3: frozen parameters (the base under LoRA/CFLoRA) gathered once at set-up and kept whole
+    # on every rank (train.strategy.DeepSpeedStrategy._replicate_frozen); same budget as above
+    replicate_frozen: bool = True
     extra: dict[str, object] = field(default_factory=dict)  # merged into the DeepSpeed config as is
 
     def __post_init__(self) -> None:

@@ -117,6 +117,7 @@ class DeepSpeedStrategy:
         self.config = build_ds_config(ds, train, self.world_size)
         self.engine = None
         self._hold_for_step = False
+        self.replicated: list[str] = []  # frozen parameters kept whole on every rank (replicate_frozen)
         self._hf_ds_config = None  # kept alive: transformers reads it through a weak reference
 
     @property
@@ -151,6 +152,11 @@ class DeepSpeedStrategy:
         """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters."""
         import deepspeed
 
+        numel = sum(self.local_numel(p)[1] for p in model.parameters())
+        max_live = self.config.get("zero_optimization", {}).get("stage3_max_live_parameters", _DEFAULT_MAX_LIVE)
+        within_budget = self.zero3 and not self.ds_cfg.offload_param and numel <= max_live
+        if within_budget and self.ds_cfg.replicate_frozen:
+            self.replicated = self._replicate_frozen(model)
         params = [p for p in model.parameters() if p.requires_grad]
         t = self.train_cfg
         if self.use_gpu:
@@ -163,11 +169,42 @@ class DeepSpeedStrategy:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
         )
-        numel = sum(self.local_numel(p)[1] for p in model.parameters())
-        max_live = self.config["zero_optimization"].get("stage3_max_live_parameters", _DEFAULT_MAX_LIVE)
-        self._hold_for_step = (self.zero3 and self.ds_cfg.gather_once_per_step and not self.ds_cfg.offload_param
-                               and numel <= max_live)
+        self._hold_for_step = within_budget and self.ds_cfg.gather_once_per_step
         return self.engine
+
+    def _replicate_frozen(self, model: torch.nn.Module) -> list[str]:
+        """Gather every frozen ZeRO-3 parameter once and keep it whole on every rank, as a buffer.
+
+        A frozen parameter (the base model under LoRA or CFLoRA) never changes, yet ZeRO-3
+        all-gathers it in every forward and backward and, with :meth:`accumulation_window`, still
+        once per optimiser step. Turned into a non-persistent buffer (``module.weight`` still
+        finds it; ``state_dict`` and checkpoints leave it out, as ``exclude_frozen_parameters``
+        did), it is gathered once per run and ZeRO-3 partitions only what is trained. Values and
+        gradients are unchanged. Memory: the frozen part of the model whole on every rank,
+        allowed only under the same budget as :meth:`accumulation_window`. Tied parameters (an LM
+        head sharing the input embedding) stay one tensor. Returns the replicated names.
+        """
+        import deepspeed
+
+        frozen = [p for p in model.parameters() if not p.requires_grad and hasattr(p, "ds_id")]
+        if not frozen:
+            return []
+        # What deepspeed.initialize does to parameters made outside zero.Init (adapters), done first:
+        # once no frozen one is left it would take the model for an unpartitioned one and cast it.
+        if loose := [p for p in model.parameters() if not hasattr(p, "ds_id")]:
+            frozen[0].convert_to_zero_parameters(param_list=loose)
+        whole: dict[int, torch.Tensor] = {}
+        for p in frozen:  # model.parameters() lists a tied parameter once
+            with deepspeed.zero.GatheredParameters([p]):  # one at a time: at most one extra copy
+                whole[id(p)] = p.data.detach().clone()
+        names = []
+        for module_name, module in model.named_modules(remove_duplicate=False):
+            for name, p in list(module._parameters.items()):
+                if p is not None and id(p) in whole:
+                    del module._parameters[name]
+                    module.register_buffer(name, whole[id(p)], persistent=False)
+                    names.append(f"{module_name}.{name}" if module_name else name)
+        return names
 
     @contextlib.contextmanager
     def accumulation_window(self) -> Iterator[None]:

@@ -50,7 +50,9 @@ def _worker(rank: int, world: int, port: int, model: str, zero_stage: int, out: 
     from distrec.model.backbone import build_model
     from distrec.train.strategy import DeepSpeedStrategy
 
-    job = load_job_config(None, [f"model.name_or_path={model}", f"deepspeed.zero_stage={zero_stage}"])
+    # replicate_frozen off: this measures ZeRO-3's partitioning of the (here frozen) backbone
+    job = load_job_config(None, [f"model.name_or_path={model}", f"deepspeed.zero_stage={zero_stage}",
+                                 "deepspeed.replicate_frozen=false"])
     strategy = DeepSpeedStrategy(job.deepspeed, job.train, use_gpu=False)
     base = _vm_hwm_bytes()
     with strategy.model_init_context():

@@ -13,7 +13,9 @@ Rows (every ``key=value`` override applies to all of them):
   the factual preamble, so packing computes everything before the history once), the
   ``-grouped`` rows (``train.group_by_length``) and the ``-prefix`` rows (``train.share_prefix``:
   a micro-batch's common prompt prefix runs once) are variants; the ``-regather`` row turns off
-  ``deepspeed.gather_once_per_step`` (ZeRO-3 gathers the parameters in every micro-batch).
+  ``deepspeed.gather_once_per_step`` and ``deepspeed.replicate_frozen`` (ZeRO-3 gathers every
+  parameter in every micro-batch), the ``-partitioned`` row only ``deepspeed.replicate_frozen``
+  (the frozen base is gathered once a step instead of once a run).
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
 optimiser steps and read back the per-step TensorBoard scalars; HF rows run
@@ -60,7 +62,9 @@ ROWS = {  # name: (config, overrides, baseline group)
     "sft-prefix": (GEN_CONFIG, ["cft.lam=0", "train.share_prefix=true"], "gen"),
     "cft-prefix": (GEN_CONFIG, ["train.share_prefix=true"], "gen"),
     "lora-grouped-prefix": (CTR_CONFIG, ["train.group_by_length=true", "train.share_prefix=true"], "ctr"),
-    "lora-prefix-regather": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.gather_once_per_step=false"], "ctr"),
+    "lora-prefix-regather": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.gather_once_per_step=false",
+                                          "deepspeed.replicate_frozen=false"], "ctr"),
+    "lora-prefix-partitioned": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.replicate_frozen=false"], "ctr"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
@@ -71,7 +75,8 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-prefix": "distrec LoRA, common prefix once (CTR)", "sft-prefix": "distrec LoRA SFT, common prefix once",
           "cft-prefix": "distrec CFT, common prefixes once",
           "lora-grouped-prefix": "distrec LoRA, length-grouped, common prefix once (CTR)",
-          "lora-prefix-regather": "distrec LoRA, common prefix once, ZeRO-3 gathers every micro-batch (CTR)"}
+          "lora-prefix-regather": "distrec LoRA, common prefix once, ZeRO-3 gathers every micro-batch (CTR)",
+          "lora-prefix-partitioned": "distrec LoRA, common prefix once, frozen base partitioned (CTR)"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
 
