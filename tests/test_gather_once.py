@@ -99,12 +99,15 @@ def test_one_step_gathers_the_model_once_instead_of_once_per_micro_batch(runs):
     assert [b * GRAD_ACCUM for b in once] == every
 
 
+def _assert_bitwise_equal_training(a: dict, b: dict) -> None:
+    assert a["losses"] == b["losses"]
+    assert a["final"].keys() == b["final"].keys()
+    for name, value in b["final"].items():
+        assert torch.equal(a["final"][name], value), name
+
+
 def test_losses_and_trained_weights_are_unchanged(runs):
-    once, every = runs["once"], runs["every"]
-    assert once["losses"] == every["losses"]
-    assert once["final"].keys() == every["final"].keys()
-    for name, value in every["final"].items():
-        assert torch.equal(once["final"][name], value), name
+    _assert_bitwise_equal_training(runs["once"], runs["every"])
 
 
 def test_a_model_larger_than_the_live_parameter_budget_gathers_per_micro_batch(runs):
@@ -124,8 +127,4 @@ def test_a_frozen_parameter_is_kept_whole_and_never_gathered_again(runs):
 
 
 def test_replicating_the_frozen_parameters_changes_no_number(runs):
-    once, partitioned = runs["once"], runs["frozen_partitioned"]
-    assert once["losses"] == partitioned["losses"]
-    assert once["final"].keys() == partitioned["final"].keys()
-    for name, value in partitioned["final"].items():
-        assert torch.equal(once["final"][name], value), name
+    _assert_bitwise_equal_training(runs["once"], runs["frozen_partitioned"])

@@ -186,17 +186,19 @@ class DeepSpeedStrategy:
         """
         import deepspeed
 
-        frozen = [p for p in model.parameters() if not p.requires_grad and hasattr(p, "ds_id")]
-        if not frozen:
+        params = list(model.parameters())  # a tied parameter once
+        partitioned = [p for p in params if hasattr(p, "ds_id")]
+        if not partitioned or all(p.requires_grad for p in params):
             return []
         # What deepspeed.initialize does to parameters made outside zero.Init (adapters), done first:
         # once no frozen one is left it would take the model for an unpartitioned one and cast it.
-        if loose := [p for p in model.parameters() if not hasattr(p, "ds_id")]:
-            frozen[0].convert_to_zero_parameters(param_list=loose)
+        if loose := [p for p in params if not hasattr(p, "ds_id")]:
+            partitioned[0].convert_to_zero_parameters(param_list=loose)
         whole: dict[int, torch.Tensor] = {}
-        for p in frozen:  # model.parameters() lists a tied parameter once
-            with deepspeed.zero.GatheredParameters([p]):  # one at a time: at most one extra copy
-                whole[id(p)] = p.data.detach().clone()
+        for p in params:
+            if not p.requires_grad:
+                with deepspeed.zero.GatheredParameters([p]):  # one at a time: at most one extra copy
+                    whole[id(p)] = p.data.detach().clone()
         names = []
         for module_name, module in model.named_modules(remove_duplicate=False):
             for name, p in list(module._parameters.items()):
