@@ -149,7 +149,11 @@ class DeepSpeedStrategy:
             yield
 
     def initialize(self, model: torch.nn.Module, total_steps: int) -> Any:
-        """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters."""
+        """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters.
+
+        Under ZeRO-3, a model within ``stage3_max_live_parameters`` first has its frozen parameters
+        made whole buffers (:meth:`_replicate_frozen`, unless ``deepspeed.replicate_frozen: false``).
+        """
         import deepspeed
 
         numel = sum(self.local_numel(p)[1] for p in model.parameters())
