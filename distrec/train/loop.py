@@ -331,10 +331,9 @@ def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
 def _write_partition_report(strategy, module, folder: Path) -> None:
     """Per rank and parameter: [elements held here, full size, dtype] (ZeRO-3 partitioning and precision
     evidence); ``replicated`` names the frozen ones every rank holds whole (``deepspeed.replicate_frozen``)."""
-    rows = {name: [*strategy.local_numel(p), str(p.dtype).removeprefix("torch.")] for name, p in module.named_parameters()}
     buffers = dict(module.named_buffers(remove_duplicate=False))
-    for name in strategy.replicated:  # frozen, kept whole on every rank
-        rows[name] = [buffers[name].numel(), buffers[name].numel(), str(buffers[name].dtype).removeprefix("torch.")]
+    held = {**dict(module.named_parameters()), **{name: buffers[name] for name in strategy.replicated}}
+    rows = {name: [*strategy.local_numel(t), str(t.dtype).removeprefix("torch.")] for name, t in held.items()}
     folder.mkdir(parents=True, exist_ok=True)
     report = {"rank": strategy.rank, "world_size": strategy.world_size, "params": rows, "replicated": strategy.replicated}
     (folder / f"partition_rank{strategy.rank}.json").write_text(json.dumps(report))
