@@ -18,6 +18,27 @@ def test_summarise_is_total_work_over_total_time():
     assert s["step_s"] == pytest.approx(2.0)
 
 
+def test_rounds_pool_into_total_work_over_total_time_and_ratios_are_given_per_round():
+    bench = load_bench("train_throughput")
+    one = {**bench.summarise([9.0, 2.0], [9.0, 200.0], [1.0, 4.0], world=2, warmup=1),
+           "compute_s": 1.0, "peak_rss_gib": 3.0, "padding": 0.1, "forward_tokens": 200.0}
+    two = {**bench.summarise([9.0, 4.0, 6.0], [9.0, 200.0, 400.0], [1.0, 4.0, 4.0], world=2, warmup=1),
+           "compute_s": 3.0, "peak_rss_gib": 5.0, "padding": 0.3, "forward_tokens": 600.0}
+    p = bench.pooled([one, two])
+    assert p["steps"] == 3 and p["step_s"] == 4.0  # median of 2, 4, 6
+    assert p["tokens_per_s"] == pytest.approx(800 / 12) and p["samples_per_s"] == pytest.approx(1.0)
+    assert (p["compute_s"], p["peak_rss_gib"], p["padding"], p["forward_tokens"]) == (2.0, 5.0, pytest.approx(0.2), 800.0)
+    assert bench.pooled([one]) is one
+    # round 1: 100 vs 50 tokens/s; round 2: 100 vs 80; SFT steps 2 and 4 s against CFT 3 and 5 s
+    rounds = [({"lora": {"tokens_per_s": 100.0, "step_s": 1.0}, "sft": {"step_s": 2.0}, "cft": {"step_s": 3.0}},
+               {"ctr": {"tokens_per_s": 50.0}}),
+              ({"lora": {"tokens_per_s": 100.0, "step_s": 1.0}, "sft": {"step_s": 4.0}, "cft": {"step_s": 5.0}},
+               {"ctr": {"tokens_per_s": 80.0}})]
+    text = bench.per_round(rounds)
+    assert "distrec LoRA (CTR) over HF Trainer + PEFT LoRA (CTR), tokens/s: 2.00×, 1.25×" in text
+    assert "distrec CFT, branches packed (generative) step over distrec LoRA SFT (generative) step: 1.50×, 1.25×" in text
+
+
 @pytest.mark.ray
 def test_bench_tiny_lora_against_hf_trainer(ray_local, tmp_path):
     bench = load_bench("train_throughput")

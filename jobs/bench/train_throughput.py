@@ -1,7 +1,7 @@
 """Training throughput of distrec's methods against HF Trainer + PEFT LoRA, measured in one run.
 
     .venv/bin/python jobs/bench/train_throughput.py [--rows lora,cflora,rellax,sft,cft] [--steps 6]
-        [--warmup 2] [--results jobs/bench/RESULTS.md | --no-append] [key=value ...]
+        [--warmup 2] [--rounds 1] [--results jobs/bench/RESULTS.md | --no-append] [key=value ...]
 
 Rows (every ``key=value`` override applies to all of them):
 
@@ -23,7 +23,9 @@ optimiser steps and read back the per-step TensorBoard scalars; HF rows run
 accumulation, ZeRO stage and precision. The first ``warmup`` steps are dropped. Figures:
 non-padding tokens/s (all ranks, and per rank), samples/s, median step time and its split
 (distrec only: data wait / forward+backward / optimiser), peak host RSS of rank 0 (and peak
-device memory on GPUs). Appends a block to RESULTS.md unless ``--no-append``.
+device memory on GPUs). ``--rounds N`` runs everything N times, the HF rows first in odd rounds
+and last in even ones, pools the rounds in the table and gives every ratio per round as well.
+Appends a block to RESULTS.md unless ``--no-append``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-prefix-partitioned": "distrec LoRA, common prefix once, frozen base partitioned (CTR)"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
+CFT_OVER_SFT = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
+                ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"))
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:
@@ -89,7 +93,45 @@ def summarise(step_s: list[float], tokens: list[float], samples: list[float], wo
     """Rates over the steps after ``warmup``: total work / total time (not a mean of rates)."""
     t, k, n = (_measured(v, warmup) for v in (step_s, tokens, samples))
     return {"steps": len(t), "step_s": statistics.median(t), "tokens_per_s": sum(k) / sum(t),
-            "tokens_per_s_per_rank": sum(k) / sum(t) / world, "samples_per_s": sum(n) / sum(t)}
+            "tokens_per_s_per_rank": sum(k) / sum(t) / world, "samples_per_s": sum(n) / sum(t),
+            "world": world, "measured": {"step_s": t, "tokens": k, "samples": n}}
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One row's rounds as one: rates and the median step over every round's measured steps;
+    the phase split a median of the rounds' medians; peaks the highest; padding the mean; token
+    counts summed. A single round is returned as it is."""
+    if len(rounds) == 1:
+        return rounds[0]
+    m = {key: [v for r in rounds for v in r["measured"][key]] for key in ("step_s", "tokens", "samples")}
+    out = {**rounds[0], **summarise(m["step_s"], m["tokens"], m["samples"], rounds[0]["world"], 0)}
+    for key in ("data_wait_s", "compute_s", "optimizer_s"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in rounds)
+    for key in ("peak_rss_gib", "peak_device_gib"):
+        if key in out:
+            out[key] = max(r[key] for r in rounds)
+    if "padding" in out:
+        out["padding"] = statistics.mean(r["padding"] for r in rounds)
+    if "forward_tokens" in out:
+        out["forward_tokens"] = sum(r["forward_tokens"] for r in rounds)
+    return out
+
+
+def per_round(rounds: list[tuple[dict, dict]]) -> str:
+    """Each round's ratios: distrec rows over their HF baseline (tokens/s), CFT over SFT (step)."""
+    lines = []
+    names = list(rounds[0][0])
+    for name in names:
+        group = ROWS[name][2]
+        if group in rounds[0][1]:
+            ratios = [f"{res[name]['tokens_per_s'] / base[group]['tokens_per_s']:.2f}×" for res, base in rounds]
+            lines.append(f"- {LABELS[name]} over {HF_LABELS[group]}, tokens/s: {', '.join(ratios)}")
+    for cft, sft in CFT_OVER_SFT:
+        if cft in names and sft in names:
+            ratios = [f"{res[cft]['step_s'] / res[sft]['step_s']:.2f}×" for res, _ in rounds]
+            lines.append(f"- {LABELS[cft]} step over {LABELS[sft]} step: {', '.join(ratios)}")
+    return "\n".join(lines)
 
 
 def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup: int, storage: Path,
@@ -170,8 +212,7 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
             lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
                          f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['padding']:.1%} "
                          f"| {r['peak_rss_gib']:.2f} | {ratio} |")
-    for cft, sft in (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
-                     ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft")):
+    for cft, sft in CFT_OVER_SFT:
         if cft in results and sft in results:
             c, f = results[cft], results[sft]
             lines.append(f"\n{LABELS[cft]} step / {LABELS[sft]} step (medians, same samples): "
@@ -212,24 +253,50 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true",
                         help="profile one extra step after the measured ones, in every row, HF included (torch.profiler, rank 0)")
     parser.add_argument("--no-hf", action="store_true", help="skip the HF Trainer rows (profile or layout runs)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every row this many times, HF rows first in odd rounds and last in even ones, "
+                             "so a drift of the machine's speed within the run does not favour either side; "
+                             "the table pools the rounds and each ratio is also given per round")
     args, overrides = parser.parse_known_args(argv)
     names = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(names) - set(ROWS))
     if unknown:
         parser.error(f"--rows: unknown {unknown}; choose from {sorted(ROWS)}")
 
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.rounds > 1 and args.profile:
+        parser.error("--profile profiles one round: leave --rounds at 1")
+
     started = time.perf_counter()
-    results: dict[str, dict] = {}
-    baselines: dict[str, dict] = {}
+    rounds: list[tuple[dict, dict]] = []
     with tempfile.TemporaryDirectory(prefix="distrec-bench-") as tmp:
-        for group in dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ():
-            config = next(ROWS[n][0] for n in names if ROWS[n][2] == group)
-            baselines[group] = hf_row(config, overrides, args.steps, args.warmup, Path(tmp), profile=args.profile)
-        for name in names:
-            config, extra, _ = ROWS[name]
-            results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup, Path(tmp) / "runs",
-                                        profile=args.profile)
+        for r in range(args.rounds):
+            work = Path(tmp) / f"round{r + 1}"
+            work.mkdir()
+            results: dict[str, dict] = {}
+            baselines: dict[str, dict] = {}
+
+            def hf_rows() -> None:
+                for group in dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ():
+                    config = next(ROWS[n][0] for n in names if ROWS[n][2] == group)
+                    baselines[group] = hf_row(config, overrides, args.steps, args.warmup, work, profile=args.profile)
+
+            if r % 2 == 0:
+                hf_rows()
+            for name in names:
+                config, extra, _ = ROWS[name]
+                results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup,
+                                            work / "runs", profile=args.profile)
+            if r % 2 == 1:
+                hf_rows()
+            rounds.append((results, baselines))
+    results = {name: pooled([res[name] for res, _ in rounds]) for name in names}
+    baselines = {g: pooled([base[g] for _, base in rounds]) for g in rounds[0][1]}
     text = table(results, baselines)
+    if args.rounds > 1:
+        text += ("\n\nPer round (rounds 1, 3, … ran the HF rows first; 2, 4, … last):\n\n"
+                 + per_round(rounds))
     from distrec.config import load_job_config
     from benchhost import describe_host
 
@@ -244,13 +311,14 @@ def main(argv: list[str] | None = None) -> dict:
              f"- Settings: model {job.model.name_or_path} ({job.model.dtype}), {job.ray.num_workers} ranks, ZeRO-"
              f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}, micro batch {job.train.micro_batch_size} × accum "
              f"{job.train.grad_accum}, LoRA r {job.adapter.r} on {','.join(job.adapter.target_modules)}, "
-             f"{args.steps} measured steps after {args.warmup} warm-up steps per row; whole benchmark "
+             f"{args.steps} measured steps after {args.warmup} warm-up steps per row"
+             f"{f' in each of {args.rounds} rounds (pooled below)' if args.rounds > 1 else ''}; whole benchmark "
              f"{time.perf_counter() - started:.0f} s\n- Command: `{command}`\n\n{text}\n")
     print(block)
     if not args.no_append:
         with args.results.open("a") as fh:
             fh.write(block)
-    return {"results": results, "baselines": baselines, "block": block}
+    return {"results": results, "baselines": baselines, "rounds": rounds, "block": block}
 
 
 if __name__ == "__main__":
