@@ -125,11 +125,11 @@ def per_round(rounds: list[tuple[dict, dict]]) -> str:
     for name in names:
         group = ROWS[name][2]
         if group in rounds[0][1]:
-            ratios = [f"{res[name]['tokens_per_s'] / base[group]['tokens_per_s']:.2f}×" for res, base in rounds]
+            ratios = [_over(res[name]["tokens_per_s"], base[group]["tokens_per_s"]) for res, base in rounds]
             lines.append(f"- {LABELS[name]} over {HF_LABELS[group]}, tokens/s: {', '.join(ratios)}")
     for cft, sft in CFT_OVER_SFT:
         if cft in names and sft in names:
-            ratios = [f"{res[cft]['step_s'] / res[sft]['step_s']:.2f}×" for res, _ in rounds]
+            ratios = [_over(res[cft]["step_s"], res[sft]["step_s"]) for res, _ in rounds]
             lines.append(f"- {LABELS[cft]} step over {LABELS[sft]} step: {', '.join(ratios)}")
     return "\n".join(lines)
 
@@ -194,6 +194,17 @@ def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: 
     return row
 
 
+def hf_baselines(names: list[str], overrides: list[str], args, workdir: Path) -> dict[str, dict]:
+    """One HF Trainer row per baseline group of ``names`` (none with ``--no-hf``)."""
+    groups = dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ()
+    return {g: hf_row(next(ROWS[n][0] for n in names if ROWS[n][2] == g), overrides, args.steps, args.warmup,
+                      workdir, profile=args.profile) for g in groups}
+
+
+def _over(a: float, b: float) -> str:
+    return f"{a / b:.2f}×"
+
+
 def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
     lines = ["| row | tokens/s (all ranks) | tokens/s per rank | samples/s | step s (median) | data / fwd+bwd / optim s "
              "| padding | peak RSS rank 0 GiB | vs HF Trainer (tokens/s) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -208,7 +219,7 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
             if ROWS[name][2] != group:
                 continue
             split = f"{r['data_wait_s']:.3f} / {r['compute_s']:.2f} / {r['optimizer_s']:.2f}"
-            ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else "–"
+            ratio = _over(r["tokens_per_s"], base["tokens_per_s"]) if base else "–"
             lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
                          f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['padding']:.1%} "
                          f"| {r['peak_rss_gib']:.2f} | {ratio} |")
@@ -216,8 +227,8 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
         if cft in results and sft in results:
             c, f = results[cft], results[sft]
             lines.append(f"\n{LABELS[cft]} step / {LABELS[sft]} step (medians, same samples): "
-                         f"{c['step_s'] / f['step_s']:.2f}×; tokens through the model (the CFT row's over the SFT "
-                         f"row's): {c['forward_tokens'] / f['forward_tokens']:.2f}×")
+                         f"{_over(c['step_s'], f['step_s'])}; tokens through the model (the CFT row's over the SFT "
+                         f"row's): {_over(c['forward_tokens'], f['forward_tokens'])}")
     profiled = {**{HF_LABELS[g]: b["profile"] for g, b in baselines.items() if "profile" in b},
                 **{LABELS[name]: r["profile"] for name, r in results.items() if "profile" in r}}
     if profiled:
@@ -275,21 +286,13 @@ def main(argv: list[str] | None = None) -> dict:
             work = Path(tmp) / f"round{r + 1}"
             work.mkdir()
             results: dict[str, dict] = {}
-            baselines: dict[str, dict] = {}
-
-            def hf_rows() -> None:
-                for group in dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ():
-                    config = next(ROWS[n][0] for n in names if ROWS[n][2] == group)
-                    baselines[group] = hf_row(config, overrides, args.steps, args.warmup, work, profile=args.profile)
-
-            if r % 2 == 0:
-                hf_rows()
+            baselines = hf_baselines(names, overrides, args, work) if r % 2 == 0 else {}
             for name in names:
                 config, extra, _ = ROWS[name]
                 results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup,
                                             work / "runs", profile=args.profile)
             if r % 2 == 1:
-                hf_rows()
+                baselines = hf_baselines(names, overrides, args, work)
             rounds.append((results, baselines))
     results = {name: pooled([res[name] for res, _ in rounds]) for name in names}
     baselines = {g: pooled([base[g] for _, base in rounds]) for g in rounds[0][1]}
