@@ -304,10 +304,27 @@ def test_length_grouped_training_pads_less_and_consumes_every_row_once(storage, 
     assert mean(grouped) < 0.5 * mean(baseline), (mean(grouped), mean(baseline))
 
 
-def test_shared_prefix_training_equals_the_plain_run_and_runs_fewer_tokens(storage, baseline):
+def test_shared_prefix_training_equals_the_plain_run_and_runs_fewer_tokens(storage, baseline, tmp_path):
     """train.share_prefix: each micro-batch's common prompt prefix runs once, through the same
-    ZeRO-3 engine; the adapter after 12 steps equals the plain run's up to float rounding."""
-    shared = run_job(tiny_job(storage, "prefix", "train.share_prefix=true"))
+    ZeRO-3 engine; the adapter after 12 steps equals the plain run's up to float rounding.
+    ``distrec predict`` scores the run's test rows as its own evaluation did (it builds the
+    model with the same trunk attention)."""
+    from distrec.data import storage as tables
+    from distrec.predict.driver import predict
+    from distrec.predict.pipeline import PredictOptions
+    from distrec.train.artefacts import ensure_prepared
+
+    job = tiny_job(storage, "prefix", "train.share_prefix=true")
+    shared = run_job(job)
     assert_same_adapter(shared, baseline, atol=1e-5, rtol=1e-4)
     through = lambda run: sum(v for _, v in read_scalars(run.run_dir / "tensorboard")["data/forward_tokens"])  # noqa: E731
     assert through(shared) < 0.95 * through(baseline), (through(shared), through(baseline))
+
+    rows = tables.open_split(ensure_prepared(job), "test").select(["sample_id", "user_id", "item_id", "timestamp"])
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    predict(str(shared.run_dir), str(tmp_path / "rows.parquet"), str(tmp_path / "out"), PredictOptions(progress=False))
+    got = pq.read_table(tmp_path / "out").to_pandas()
+    want = pq.read_table(shared.run_dir / "predictions_test.parquet").to_pandas()
+    merged = got.merge(want, on="sample_id", suffixes=("", "_run"))
+    assert len(merged) == len(want) == rows.num_rows > 1
+    np.testing.assert_allclose(merged.p_yes, merged.p_yes_run, atol=1e-5)

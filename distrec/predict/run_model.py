@@ -1,9 +1,11 @@
 """A trained run's model in one process, built by the same calls as the training workers.
 
-:func:`load_run_model` repeats the worker's build (backbone, SPA tokens, adapter, ReLLaX
-assembly with the run's CRM) without DeepSpeed and loads the run's selected trainable tensors
-(``selected_trainable.safetensors``, the state its test predictions came from), so a
-prediction and the run's own evaluation share every line of model code.
+:func:`load_run_model` makes the worker's build
+(:func:`~distrec.train.builders.causal_lm.assemble_causal_lm`: backbone, trunk attention when the
+run shared prompt prefixes, SPA tokens, adapter, ReLLaX assembly with the run's CRM) without
+DeepSpeed and loads the run's selected trainable tensors (``selected_trainable.safetensors``, the
+state its test predictions came from), so a prediction and the run's own evaluation share every
+line of model code.
 """
 
 from __future__ import annotations
@@ -46,20 +48,13 @@ def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.
     """The run's model with its selected weights; ``run``: the run's distrec folder (path or URI).
 
     Raises ModelError when the run has no selected weights or they do not fit the config."""
-    from distrec.model.adapters import make_adapter
-    from distrec.model.backbone import build_model, load_tokenizer
-    from distrec.model.rellax import add_spa_tokens, assemble
     from distrec.storage_uri import local_copy, locate
+    from distrec.train.builders.causal_lm import assemble_causal_lm, make_task
     from distrec.train.checkpoint import SELECTED, load_selected
-    from distrec.train.builders.causal_lm import make_task
 
     torch.manual_seed(job.train.seed)
-    tokenizer = load_tokenizer(job.model)
-    llm = build_model(job.model)
-    add_spa_tokens(job, tokenizer, llm)
-    adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
-    llm = adapter.attach(llm)
-    model, conditioning = assemble(job, llm, tokenizer, adapter, crm_dir, device)
+    built = assemble_causal_lm(job, device, crm_dir)
+    model, tokenizer = built.model, built.tokenizer
     with local_copy(locate(run) / SELECTED) as selected:
         tensors = load_selected(model, Path(selected).parent)
     with torch.no_grad():
@@ -67,4 +62,4 @@ def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.
             if p.requires_grad:
                 p.copy_(tensors[name])
     model.to(device).eval()
-    return RunModel(model, tokenizer, make_task(job, tokenizer, device, conditioning), device)
+    return RunModel(model, tokenizer, make_task(job, tokenizer, device, built.conditioning), device)

@@ -6,7 +6,9 @@
 Rows (every ``key=value`` override applies to all of them):
 
 - ``lora``, ``cflora`` (static G), ``rellax`` (SPA + generated CFLoRA from the DIN) on the CTR
-  config, each against ``HF Trainer + PEFT LoRA`` run on the same prepared samples;
+  config, each against ``HF Trainer + PEFT LoRA`` run on the same prepared samples (ReLLaX's two
+  parts apart: ``cflora-generated``, G from the DIN without SPA, and ``cflora-spa``, SPA with a
+  static G);
 - ``sft`` and ``cft`` (both branches) on the generative config, against HF Trainer on the same
   generative samples; the CFT row also gives its step time over distrec SFT's. ``cft-stacked``,
   ``cft-grouped``, ``cft-shared`` (``prompt.cf_preamble=same``: the counterfactual prompt keeps
@@ -24,7 +26,8 @@ accumulation, ZeRO stage and precision. The first ``warmup`` steps are dropped. 
 non-padding tokens/s (all ranks, and per rank), samples/s, median step time and its split
 (distrec only: data wait / forward+backward / optimiser), peak host RSS of rank 0 (and peak
 device memory on GPUs). ``--rounds N`` runs everything N times, the HF rows first in odd rounds
-and last in even ones, pools the rounds in the table and gives every ratio per round as well.
+and last in even ones (which also run the distrec rows in reverse order), pools the rounds in the
+table and gives every ratio per round as well.
 Appends a block to RESULTS.md unless ``--no-append``.
 """
 
@@ -53,6 +56,8 @@ ROWS = {  # name: (config, overrides, baseline group)
     "lora": (CTR_CONFIG, [], "ctr"),
     "cflora": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=static"], "ctr"),
     "rellax": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=generated", "spa.enabled=true"], "ctr"),
+    "cflora-generated": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=generated"], "ctr"),
+    "cflora-spa": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=static", "spa.enabled=true"], "ctr"),
     "sft": (GEN_CONFIG, ["cft.lam=0"], "gen"),
     "cft": (GEN_CONFIG, [], "gen"),
     "cft-stacked": (GEN_CONFIG, ["cft.pack=false"], "gen"),
@@ -69,7 +74,9 @@ ROWS = {  # name: (config, overrides, baseline group)
     "lora-prefix-partitioned": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.replicate_frozen=false"], "ctr"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
-          "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)", "sft": "distrec LoRA SFT (generative)",
+          "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)",
+          "cflora-generated": "distrec CFLoRA from DIN, no SPA (CTR)", "cflora-spa": "distrec SPA + CFLoRA, static G (CTR)",
+          "sft": "distrec LoRA SFT (generative)",
           "cft": "distrec CFT, branches packed (generative)", "cft-stacked": "distrec CFT, branches stacked (generative)",
           "lora-grouped": "distrec LoRA, length-grouped (CTR)", "sft-grouped": "distrec LoRA SFT, length-grouped",
           "cft-grouped": "distrec CFT packed, length-grouped",
@@ -81,8 +88,10 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-prefix-partitioned": "distrec LoRA, common prefix once, frozen base partitioned (CTR)"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
-CFT_OVER_SFT = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
-                ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"))
+# (row, reference row): the row's step over the reference's, on the same samples.
+STEP_PAIRS = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
+              ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"), ("rellax", "cflora"),
+              ("cflora-generated", "cflora"), ("cflora-spa", "cflora"))
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:
@@ -119,7 +128,7 @@ def pooled(rounds: list[dict]) -> dict:
 
 
 def per_round(rounds: list[tuple[dict, dict]]) -> str:
-    """Each round's ratios: distrec rows over their HF baseline (tokens/s), CFT over SFT (step)."""
+    """Each round's ratios: distrec rows over their HF baseline (tokens/s), each :data:`STEP_PAIRS` pair (step)."""
     lines = []
     names = list(rounds[0][0])
     for name in names:
@@ -127,10 +136,10 @@ def per_round(rounds: list[tuple[dict, dict]]) -> str:
         if group in rounds[0][1]:
             ratios = [_over(res[name]["tokens_per_s"], base[group]["tokens_per_s"]) for res, base in rounds]
             lines.append(f"- {LABELS[name]} over {HF_LABELS[group]}, tokens/s: {', '.join(ratios)}")
-    for cft, sft in CFT_OVER_SFT:
-        if cft in names and sft in names:
-            ratios = [_over(res[cft]["step_s"], res[sft]["step_s"]) for res, _ in rounds]
-            lines.append(f"- {LABELS[cft]} step over {LABELS[sft]} step: {', '.join(ratios)}")
+    for row, ref in STEP_PAIRS:
+        if row in names and ref in names:
+            ratios = [_over(res[row]["step_s"], res[ref]["step_s"]) for res, _ in rounds]
+            lines.append(f"- {LABELS[row]} step over {LABELS[ref]} step: {', '.join(ratios)}")
     return "\n".join(lines)
 
 
@@ -223,12 +232,12 @@ def table(results: dict[str, dict], baselines: dict[str, dict]) -> str:
             lines.append(f"| {LABELS[name]} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_rank']:,.0f} "
                          f"| {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {split} | {r['padding']:.1%} "
                          f"| {r['peak_rss_gib']:.2f} | {ratio} |")
-    for cft, sft in CFT_OVER_SFT:
-        if cft in results and sft in results:
-            c, f = results[cft], results[sft]
-            lines.append(f"\n{LABELS[cft]} step / {LABELS[sft]} step (medians, same samples): "
-                         f"{_over(c['step_s'], f['step_s'])}; tokens through the model (the CFT row's over the SFT "
-                         f"row's): {_over(c['forward_tokens'], f['forward_tokens'])}")
+    for row, ref in STEP_PAIRS:
+        if row in results and ref in results:
+            c, f = results[row], results[ref]
+            lines.append(f"\n{LABELS[row]} step / {LABELS[ref]} step (medians, same samples): "
+                         f"{_over(c['step_s'], f['step_s'])}; tokens through the model (the first row's over the "
+                         f"second's): {_over(c['forward_tokens'], f['forward_tokens'])}")
     profiled = {**{HF_LABELS[g]: b["profile"] for g, b in baselines.items() if "profile" in b},
                 **{LABELS[name]: r["profile"] for name, r in results.items() if "profile" in r}}
     if profiled:
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-hf", action="store_true", help="skip the HF Trainer rows (profile or layout runs)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every row this many times, HF rows first in odd rounds and last in even ones, "
-                             "so a drift of the machine's speed within the run does not favour either side; "
+                             "distrec rows in reverse order in even rounds, so a drift of the machine's speed "
+                             "within the run favours no row; "
                              "the table pools the rounds and each ratio is also given per round")
     args, overrides = parser.parse_known_args(argv)
     names = [r for r in args.rows.split(",") if r]
@@ -287,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
             work.mkdir()
             results: dict[str, dict] = {}
             baselines = hf_baselines(names, overrides, args, work) if r % 2 == 0 else {}
-            for name in names:
+            for name in names if r % 2 == 0 else names[::-1]:
                 config, extra, _ = ROWS[name]
                 results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup,
                                             work / "runs", profile=args.profile)
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     baselines = {g: pooled([base[g] for _, base in rounds]) for g in rounds[0][1]}
     text = table(results, baselines)
     if args.rounds > 1:
-        text += ("\n\nPer round (rounds 1, 3, … ran the HF rows first; 2, 4, … last):\n\n"
+        text += ("\n\nPer round (rounds 1, 3, … ran the HF rows first and the distrec rows in the order given; 2, 4, … the distrec rows reversed, then HF):\n\n"
                  + per_round(rounds))
     from distrec.config import load_job_config
     from benchhost import describe_host

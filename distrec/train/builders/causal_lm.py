@@ -5,7 +5,9 @@ exports the adapter (and SPA's projector)."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +26,29 @@ def make_task(job, tokenizer, device: torch.device, conditioning=None):
     return GenerativeTask(job.cft, batchify, job.train.share_prefix)
 
 
-def build_causal_lm(job, strategy, loop_config: dict) -> Built:
+@dataclass
+class CausalLM:
+    """One build of the causal LM: ``llm`` carries the adapter; ``model`` is what runs (``llm``,
+    or SPA's wrapper around it); ``conditioning``: the CRM inputs (ReLLaX) or None."""
+
+    tokenizer: Any
+    llm: torch.nn.Module
+    adapter: Any
+    model: torch.nn.Module
+    conditioning: Any
+    backbone_config: Any
+
+
+def assemble_causal_lm(job, device: torch.device, crm_dir, init_context=contextlib.nullcontext) -> CausalLM:
+    """Backbone (built inside ``init_context()``, e.g. ZeRO-3's partitioned init), trunk attention
+    when ``train.share_prefix``, SPA tokens, the adapter and the ReLLaX assembly: the training
+    workers and ``distrec predict`` (:mod:`distrec.predict.run_model`) build the same model here."""
     from distrec.model.adapters import make_adapter
     from distrec.model.backbone import build_model, load_tokenizer
     from distrec.model.rellax import add_spa_tokens, assemble
 
     tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
-    with strategy.model_init_context():
+    with init_context():
         llm = build_model(job.model)
     if job.train.share_prefix:
         from distrec.objectives.shared_prefix import enable_trunk_attention
@@ -40,7 +58,14 @@ def build_causal_lm(job, strategy, loop_config: dict) -> Built:
     add_spa_tokens(job, tokenizer, llm)
     adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
     llm = adapter.attach(llm)
-    model, conditioning = assemble(job, llm, tokenizer, adapter, loop_config.get("crm_dir"), strategy.device)
+    model, conditioning = assemble(job, llm, tokenizer, adapter, crm_dir, device)
+    return CausalLM(tokenizer, llm, adapter, model, conditioning, backbone_config)
+
+
+def build_causal_lm(job, strategy, loop_config: dict) -> Built:
+    built = assemble_causal_lm(job, strategy.device, loop_config.get("crm_dir"), strategy.model_init_context)
+    tokenizer, llm, adapter, model = built.tokenizer, built.llm, built.adapter, built.model
+    conditioning, backbone_config = built.conditioning, built.backbone_config
 
     def export(run_dir: Path) -> None:
         adapter.export(llm, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
