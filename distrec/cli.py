@@ -206,14 +206,20 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Rows per forward (default: the run's eval.batch_size)."),
     chunk_rows: int = typer.Option(2048, min=1, help="Rows per task and at most per output shard."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    share_prefix: Optional[bool] = typer.Option(None, "--share-prefix/--no-share-prefix",
+                                                help="CTR: run each batch's common prompt prefix once (equal "
+                                                "scores up to float rounding; not with SPA or generated CFLoRA). "
+                                                "Default: the run's train.share_prefix."),
 ) -> None:
     """Score your own rows with a trained run: P(yes) (CTR), top-K items (generative, EIMF)."""
     from distrec.predict.driver import predict as run_predict
     from distrec.predict.pipeline import PredictOptions
 
+    overrides = [] if share_prefix is None else [f"train.share_prefix={str(share_prefix).lower()}"]
     try:
         opts = PredictOptions(actors=actors, chunk_rows=chunk_rows, on_bad_row=on_bad_row)  # type: ignore[arg-type]
-        result = run_predict(run, input, out, opts, top_k=top_k, batch_size=batch_size, overwrite=overwrite)
+        result = run_predict(run, input, out, opts, top_k=top_k, batch_size=batch_size, overwrite=overwrite,
+                             overrides=overrides)
     except DistrecError as exc:
         _fail(exc)
     typer.echo(result.summary())

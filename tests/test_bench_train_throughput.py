@@ -39,6 +39,21 @@ def test_rounds_pool_into_total_work_over_total_time_and_ratios_are_given_per_ro
     assert "distrec CFT, branches packed (generative) step over distrec LoRA SFT (generative) step: 1.50×, 1.25×" in text
 
 
+def test_even_rounds_run_the_distrec_rows_in_reverse_and_hf_last(monkeypatch, capsys):
+    """A drift of the machine's speed within a run favours no row: the order of every row flips
+    between rounds (the rows themselves are replaced by recorders here; the Ray test below runs them)."""
+    bench = load_bench("train_throughput")
+    calls = []
+    row = {**bench.summarise([1.0, 2.0], [10.0, 20.0], [1.0, 1.0], world=2, warmup=1), "data_wait_s": 0.0,
+           "compute_s": 1.0, "optimizer_s": 0.1, "peak_rss_gib": 1.0, "padding": 0.0, "forward_tokens": 20.0}
+    monkeypatch.setattr(bench, "distrec_row", lambda name, *a, **k: calls.append(name) or dict(row))
+    monkeypatch.setattr(bench, "hf_baselines", lambda names, *a: calls.append("hf") or {"ctr": dict(row)})
+    bench.main(["--rows", "lora,cflora,rellax", "--rounds", "2", "--no-append"])
+    assert calls == ["hf", "lora", "cflora", "rellax", "rellax", "cflora", "lora", "hf"]
+    assert "distrec ReLLaX: SPA + CFLoRA from DIN (CTR) step over distrec CFLoRA, static G (CTR) step: 1.00×, 1.00×" \
+        in capsys.readouterr().out
+
+
 @pytest.mark.ray
 def test_bench_tiny_lora_against_hf_trainer(ray_local, tmp_path):
     bench = load_bench("train_throughput")

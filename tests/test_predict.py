@@ -170,6 +170,27 @@ def test_cli_prints_the_summary(ctr_run, test_rows, tmp_path):
     assert out.exit_code == 2 and "--on-bad-row must be 'error' or 'skip'" in out.output
 
 
+def test_share_prefix_scores_as_the_plain_run_did(ctr_run, test_rows, tmp_path):
+    """``--share-prefix`` on a run trained without it: each batch's common prompt prefix runs once
+    (no dropout at inference, so only float rounding separates it from the run's own scores)."""
+    _, run = ctr_run
+    path, _ = test_rows
+    out = CliRunner().invoke(app, ["predict", "--run", str(run), "--input", str(path), "--out", str(tmp_path / "o"),
+                                   "--share-prefix"])
+    assert out.exit_code == 0, out.output
+    merged = pq.read_table(tmp_path / "o").to_pandas().merge(
+        pq.read_table(run / "predictions_test.parquet").to_pandas(), on="sample_id", suffixes=("", "_run"))
+    assert len(merged) == 32
+    np.testing.assert_allclose(merged.p_yes, merged.p_yes_run, atol=PARITY_ATOL)
+    from distrec.config_loader import to_dict
+    from distrec.eval.environment import run_environment
+
+    shared = load_job_config(run / "config_train.yaml", ["train.share_prefix=true"])  # the job the actors built
+    assert json.loads((tmp_path / "o" / MANIFEST).read_text())["config_hash"] == \
+        run_environment(to_dict(shared))["config_hash"] != run_environment(to_dict(load_job_config(
+            run / "config_train.yaml")))["config_hash"]
+
+
 def test_generative_top_k_equals_the_runs_own_test_rankings(ray_local, tmp_path):
     job = load_job_config(REPO / "jobs" / "tiny_cft.yaml",
                           [f"ray.storage_path={tmp_path}", "ray.run_name=gen", "eval.generate=true",

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from distrec.config import DataConfig, RayConfig
-from distrec.errors import DataError
+from distrec.errors import ConfigError, DataError
 from distrec.config.eimf import (
     BackboneConfig,
     EimfConfig,
@@ -266,6 +266,14 @@ def test_spec_checks_columns_and_data_up_front(toy_run, tmp_path):
     (bare.parent / "results.json").write_text(json.dumps({"prepared": str(prepared)}))  # as `eimf experiment` writes it
     assert run_prepared(bare) == prepared
     assert eimf_spec(str(bare), pa.schema([("user_id", pa.int64())]), 10, 8, False).kwargs["prepared"] == str(prepared)
+    # `distrec predict --share-prefix` (a config override) means nothing to an EIMF run: refused, nothing written
+    from distrec.predict.driver import predict
+
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64())}), tmp_path / "rows.parquet")
+    with pytest.raises(ConfigError, match="an EIMF stage folder takes no config overrides"):
+        predict(str(run), str(tmp_path / "rows.parquet"), str(tmp_path / "scored"), PredictOptions(progress=False),
+                overrides=["train.share_prefix=true"])
+    assert not (tmp_path / "scored").exists()
 
 
 def test_cli_finds_the_prepared_data_from_the_run_and_equals_the_pipeline(toy_run, test_split, tmp_path):

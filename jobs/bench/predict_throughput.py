@@ -6,8 +6,9 @@ then, on the same test rows and the same model:
 - ``distrec eval --run``: Ray Train + 2 DeepSpeed ZeRO-3 workers re-evaluate the test split,
   the evaluation ``distrec train`` runs at its end; rate over its wall time (worker start-up
   and ZeRO-3 initialisation included);
-- ``distrec predict`` with 1 and 2 actors (each one model copy, one CPU): rate over the call's
-  wall time and over the time its actors spent scoring.
+- ``distrec predict`` with 1 and 2 actors (each one model copy, one CPU), and with 1 actor and
+  ``--share-prefix`` (each batch's common prompt prefix once): rate over the call's wall time and
+  over the time its actors spent scoring.
 
 Appends a block to RESULTS.md with ``--record``.
 """
@@ -61,17 +62,17 @@ def main(argv: list[str] | None = None) -> str:
     loop = read_scalars(run / "tensorboard")["throughput/eval_test_rows_per_s"][-1][1]
     lines = [f"| `distrec eval` (Ray Train, 2 ZeRO-3 workers) | {n} | 2 | {eval_s:.1f} | {n / eval_s:.1f} | "
              f"{loop:.1f} (eval loop) | 1.00× |"]
-    for actors in (1, 2):
-        out = root / f"scored-{actors}"
+    for actors, shared in ((1, False), (2, False), (1, True)):
+        out = root / f"scored-{actors}{'-shared' if shared else ''}"
         started = time.perf_counter()
         predict(str(run), str(root / "rows.parquet"), str(out),
                 PredictOptions(actors=actors, chunk_rows=max(64, n // (4 * actors)), progress=False),
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, overrides=["train.share_prefix=true"] if shared else [])
         wall = time.perf_counter() - started
         manifest = json.loads((out / MANIFEST).read_text())
         steady = n / max(manifest["scoring_s"] / actors, 1e-9)
-        lines.append(f"| `distrec predict` | {n} | {actors} | {wall:.1f} | {n / wall:.1f} | "
-                     f"{steady:.1f} (scoring) | {eval_s / wall:.2f}× |")
+        lines.append(f"| `distrec predict{' --share-prefix' if shared else ''}` | {n} | {actors} | {wall:.1f} | "
+                     f"{n / wall:.1f} | {steady:.1f} (scoring) | {eval_s / wall:.2f}× |")
     host = describe_host()
     block = "\n".join([
         f"\n## distrec predict throughput (CTR) — {datetime.datetime.now().isoformat(timespec='minutes')}\n",
