@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 
 from distrec.cli import app
 from distrec.config import load_job_config
+from distrec.config_loader import to_dict
 from distrec.data import storage
 from distrec.errors import ConfigError, DataError
+from distrec.eval.environment import run_environment
 from distrec.predict.driver import predict
 from distrec.predict.history import InteractionLog
 from distrec.predict.pipeline import MANIFEST, PredictOptions
@@ -182,13 +184,10 @@ def test_share_prefix_scores_as_the_plain_run_did(ctr_run, test_rows, tmp_path):
         pq.read_table(run / "predictions_test.parquet").to_pandas(), on="sample_id", suffixes=("", "_run"))
     assert len(merged) == 32
     np.testing.assert_allclose(merged.p_yes, merged.p_yes_run, atol=PARITY_ATOL)
-    from distrec.config_loader import to_dict
-    from distrec.eval.environment import run_environment
-
-    shared = load_job_config(run / "config_train.yaml", ["train.share_prefix=true"])  # the job the actors built
-    assert json.loads((tmp_path / "o" / MANIFEST).read_text())["config_hash"] == \
-        run_environment(to_dict(shared))["config_hash"] != run_environment(to_dict(load_job_config(
-            run / "config_train.yaml")))["config_hash"]
+    config_hash = lambda *overrides: run_environment(to_dict(load_job_config(run / "config_train.yaml", list(overrides))))["config_hash"]  # noqa: E731
+    # the actors built the job with the prefix shared, not the run's own
+    assert json.loads((tmp_path / "o" / MANIFEST).read_text())["config_hash"] == config_hash("train.share_prefix=true")
+    assert config_hash("train.share_prefix=true") != config_hash()
 
 
 def test_generative_top_k_equals_the_runs_own_test_rankings(ray_local, tmp_path):

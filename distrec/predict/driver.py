@@ -23,10 +23,9 @@ def predict(run: str, input_spec: str, out: str, opts: PredictOptions, *, top_k:
 
     schema, files = input_schema(input_spec)  # listed and counted once, here
     if is_eimf_run(run):
-        from distrec.config import RayConfig
-
         if overrides:
             raise ConfigError(f"{run}: an EIMF stage folder takes no config overrides (got {overrides})")
+        from distrec.config import RayConfig
         from distrec.train.launcher import init_ray, loopback_env
 
         loopback_env(RayConfig())
