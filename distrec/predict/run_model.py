@@ -49,7 +49,7 @@ def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.
 
     Raises ModelError when the run has no selected weights or they do not fit the config."""
     from distrec.storage_uri import local_copy, locate
-    from distrec.train.builders.causal_lm import assemble_causal_lm, make_task
+    from distrec.train.builders.causal_lm import assemble_causal_lm
     from distrec.train.checkpoint import SELECTED, load_selected
 
     torch.manual_seed(job.train.seed)
@@ -62,4 +62,4 @@ def load_run_model(job: JobConfig, run: str, crm_dir: str | None, device: torch.
             if p.requires_grad:
                 p.copy_(tensors[name])
     model.to(device).eval()
-    return RunModel(model, tokenizer, make_task(job, tokenizer, device, built.conditioning), device)
+    return RunModel(model, tokenizer, built.task, device)

@@ -29,19 +29,20 @@ def make_task(job, tokenizer, device: torch.device, conditioning=None):
 @dataclass
 class CausalLM:
     """One build of the causal LM: ``llm`` carries the adapter; ``model`` is what runs (``llm``,
-    or SPA's wrapper around it); ``conditioning``: the CRM inputs (ReLLaX) or None."""
+    or SPA's wrapper around it); ``task``: its task object (:func:`make_task`, with the CRM inputs
+    of ReLLaX when it has them)."""
 
     tokenizer: Any
     llm: torch.nn.Module
     adapter: Any
     model: torch.nn.Module
-    conditioning: Any
+    task: Any
     backbone_config: Any
 
 
 def assemble_causal_lm(job, device: torch.device, crm_dir, init_context=contextlib.nullcontext) -> CausalLM:
     """Backbone (built inside ``init_context()``, e.g. ZeRO-3's partitioned init), trunk attention
-    when ``train.share_prefix``, SPA tokens, the adapter and the ReLLaX assembly: the training
+    when ``train.share_prefix``, SPA tokens, the adapter, the ReLLaX assembly and the task: the training
     workers and ``distrec predict`` (:mod:`distrec.predict.run_model`) build the same model here."""
     from distrec.model.adapters import make_adapter
     from distrec.model.backbone import build_model, load_tokenizer
@@ -59,13 +60,12 @@ def assemble_causal_lm(job, device: torch.device, crm_dir, init_context=contextl
     adapter = make_adapter(job.adapter, d_instance=job.crm.hidden_size)
     llm = adapter.attach(llm)
     model, conditioning = assemble(job, llm, tokenizer, adapter, crm_dir, device)
-    return CausalLM(tokenizer, llm, adapter, model, conditioning, backbone_config)
+    return CausalLM(tokenizer, llm, adapter, model, make_task(job, tokenizer, device, conditioning), backbone_config)
 
 
 def build_causal_lm(job, strategy, loop_config: dict) -> Built:
     built = assemble_causal_lm(job, strategy.device, loop_config.get("crm_dir"), strategy.model_init_context)
     tokenizer, llm, adapter, model = built.tokenizer, built.llm, built.adapter, built.model
-    conditioning, backbone_config = built.conditioning, built.backbone_config
 
     def export(run_dir: Path) -> None:
         adapter.export(llm, run_dir / "adapter", strategy.gathered, strategy.is_rank0)
@@ -87,8 +87,8 @@ def build_causal_lm(job, strategy, loop_config: dict) -> Built:
             return {}
         return grounded_test_metrics(ctx, tokenizer, rows, prepared_dir)
 
-    return Built(model=model, task=make_task(job, tokenizer, strategy.device, conditioning), export=export,
-                 log_samples=log_samples, test_extras=test_extras, flop_config=backbone_config)
+    return Built(model=model, task=built.task, export=export, log_samples=log_samples, test_extras=test_extras,
+                 flop_config=built.backbone_config)
 
 
 def grounded_test_metrics(ctx, tokenizer, rows, prepared_dir: Path) -> dict:
