@@ -62,8 +62,18 @@ def _train(rank: int, overrides: list[str], out: str) -> None:
     with strategy.gathered(params.values()):
         final = {n: p.detach().clone() for n, p in params.items() if p.requires_grad}
     torch.save({"losses": losses, "gathered": gathered, "final": final, "replicated": strategy.replicated,
+                "hooked": strategy.hooked, "hooks": _zero3_hooks(engine.module),
                 "parameters": [n for n, _ in engine.module.named_parameters()],
                 "state_dict": list(engine.module.state_dict())}, Path(out) / f"rank{rank}.pt")
+
+
+def _zero3_hooks(model: torch.nn.Module) -> dict[str, int]:
+    """Per module, how many of DeepSpeed's ZeRO-3 forward hooks (``deepspeed.runtime.zero``) it carries."""
+    counts = {}
+    for name, module in model.named_modules():
+        hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+        counts[name] = sum(getattr(h, "__module__", "").startswith("deepspeed.") for h in hooks)
+    return counts
 
 
 def _gathered_bytes(dist) -> int:
@@ -86,6 +96,7 @@ def runs(tmp_path_factory):
         "once": _spawn(tmp, "once", []),
         "every": _spawn(tmp, "every", ["deepspeed.gather_once_per_step=false"]),
         "frozen_partitioned": _spawn(tmp, "frozen_partitioned", ["deepspeed.replicate_frozen=false"]),
+        "all_hooks": _spawn(tmp, "all_hooks", ["deepspeed.prune_idle_hooks=false"]),
         # a live-parameter budget below the model's 0.52M elements turns the window off
         "over_budget": _spawn(tmp, "over_budget", ['deepspeed.extra.zero_optimization={"stage3_max_live_parameters": 50000, '
                                                    '"stage3_param_persistence_threshold": 0}']),
@@ -128,3 +139,22 @@ def test_a_frozen_parameter_is_kept_whole_and_never_gathered_again(runs):
 
 def test_replicating_the_frozen_parameters_changes_no_number(runs):
     _assert_bitwise_equal_training(runs["once"], runs["frozen_partitioned"])
+
+
+def test_only_modules_owning_a_partitioned_parameter_keep_zero3_hooks(runs):
+    trained = {"lm_head", *(f"model.layers.{i}.{part}" for i in range(3) for part in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")),
+        "model.norm"}  # every module with a weight of its own, the frozen embedding replicated
+    assert set(runs["once"]["hooked"]) == {""} | trained
+    assert {n for n, k in runs["once"]["hooks"].items() if k} == {""} | trained
+    # partitioned, the embedding owns a partitioned parameter again and keeps its hooks
+    assert set(runs["frozen_partitioned"]["hooked"]) == {"", "model.embed_tokens"} | trained
+    everywhere = runs["all_hooks"]["hooks"]
+    assert runs["all_hooks"]["hooked"] == [] and all(everywhere[n] for n in everywhere)
+    assert len(everywhere) > len(trained) + 2  # decoder layers, attention, MLP blocks, activations, rotary
+
+
+def test_pruning_idle_hooks_changes_no_number_and_no_gather(runs):
+    _assert_bitwise_equal_training(runs["once"], runs["all_hooks"])
+    assert runs["once"]["gathered"] == runs["all_hooks"]["gathered"]

@@ -231,6 +231,9 @@ class DeepSpeedConfig:
     # ZeRO-3: frozen parameters (the base under LoRA/CFLoRA) gathered once at set-up and kept whole
     # on every rank (train.strategy.DeepSpeedStrategy._replicate_frozen); same budget as above
     replicate_frozen: bool = True
+    # ZeRO-3: DeepSpeed's module hooks kept only on modules that own a partitioned parameter
+    # (train.strategy.DeepSpeedStrategy._prune_idle_hooks); the others fetch nothing
+    prune_idle_hooks: bool = True
     extra: dict[str, object] = field(default_factory=dict)  # merged into the DeepSpeed config as is
 
     def __post_init__(self) -> None:

@@ -118,6 +118,7 @@ class DeepSpeedStrategy:
         self.engine = None
         self._hold_for_step = False
         self.replicated: list[str] = []  # frozen parameters kept whole on every rank (replicate_frozen)
+        self.hooked: list[str] = []  # modules that keep ZeRO-3's hooks (prune_idle_hooks)
         self._hf_ds_config = None  # kept alive: transformers reads it through a weak reference
 
     @property
@@ -174,7 +175,52 @@ class DeepSpeedStrategy:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
         )
         self._hold_for_step = within_budget and self.ds_cfg.gather_once_per_step
+        if self.zero3 and self.ds_cfg.prune_idle_hooks:
+            self.hooked = self._prune_idle_hooks()
         return self.engine
+
+    def _prune_idle_hooks(self) -> list[str]:
+        """Remove ZeRO-3's module hooks from every module that owns no partitioned parameter.
+
+        ZeRO-3 hooks every module four times: before and after its forward (fetch and release
+        its own parameters) and, through an identity autograd function on its inputs and
+        outputs, before and after its backward. A module that owns no partitioned parameter
+        (a norm, an activation, a container such as a decoder layer, and every frozen layer
+        once :meth:`_replicate_frozen` has made it a buffer) fetches and releases nothing, yet
+        its hooks run in every micro-batch: about 9 % of a LoRA CTR step of SmolLM2-135M here
+        (``jobs/bench/RESULTS.md``). Kept: the root module, DeepSpeed's leaf modules (they fetch
+        their whole subtree) and modules holding external parameters. A parameter a module
+        uses without owning is registered by DeepSpeed on the innermost hooked module running
+        it, so it is still fetched. Values and gradients are unchanged. Returns the names of
+        the modules that keep their hooks.
+        """
+        from deepspeed.utils import z3_leaf_module
+
+        offload = getattr(self.engine.optimizer, "parameter_offload", None)
+        if offload is None:
+            return []
+        root = self.engine.module
+        kept, idle = [], set()
+        for name, module in root.named_modules():
+            owns = any(hasattr(p, "ds_id") for p in module.parameters(recurse=False))
+            if module is root or owns or z3_leaf_module(module) or getattr(module, "_external_params", None):
+                kept.append(name)
+            else:
+                idle |= {id(module._forward_pre_hooks), id(module._forward_hooks)}
+
+        def live(handles: list) -> list:
+            out = []
+            for handle in handles:
+                hooks = handle.hooks_dict_ref()
+                if hooks is not None and id(hooks) in idle:
+                    handle.remove()
+                else:
+                    out.append(handle)
+            return out
+
+        offload.forward_hooks = live(offload.forward_hooks)
+        offload.backward_hooks = live(offload.backward_hooks)
+        return kept
 
     def _replicate_frozen(self, model: torch.nn.Module) -> list[str]:
         """Gather every frozen ZeRO-3 parameter once and keep it whole on every rank, as a buffer.
