@@ -330,12 +330,14 @@ def _assign(strategy, model, tensors: dict[str, torch.Tensor]) -> None:
 
 def _write_partition_report(strategy, module, folder: Path) -> None:
     """Per rank and parameter: [elements held here, full size, dtype] (ZeRO-3 partitioning and precision
-    evidence); ``replicated`` names the frozen ones every rank holds whole (``deepspeed.replicate_frozen``)."""
+    evidence); ``replicated`` names the frozen ones every rank holds whole (``deepspeed.replicate_frozen``),
+    ``hooked`` the modules that keep ZeRO-3's hooks (``deepspeed.prune_idle_hooks``)."""
     buffers = dict(module.named_buffers(remove_duplicate=False))
     held = {**dict(module.named_parameters()), **{name: buffers[name] for name in strategy.replicated}}
     rows = {name: [*strategy.local_numel(t), str(t.dtype).removeprefix("torch.")] for name, t in held.items()}
     folder.mkdir(parents=True, exist_ok=True)
-    report = {"rank": strategy.rank, "world_size": strategy.world_size, "params": rows, "replicated": strategy.replicated}
+    report = {"rank": strategy.rank, "world_size": strategy.world_size, "params": rows, "replicated": strategy.replicated,
+              "hooked": strategy.hooked}
     (folder / f"partition_rank{strategy.rank}.json").write_text(json.dumps(report))
 
 

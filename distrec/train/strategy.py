@@ -187,8 +187,8 @@ class DeepSpeedStrategy:
         outputs, before and after its backward. A module that owns no partitioned parameter
         (a norm, an activation, a container such as a decoder layer, and every frozen layer
         once :meth:`_replicate_frozen` has made it a buffer) fetches and releases nothing, yet
-        its hooks run in every micro-batch: about 9 % of a LoRA CTR step of SmolLM2-135M here
-        (``jobs/bench/RESULTS.md``). Kept: the root module, DeepSpeed's leaf modules (they fetch
+        its hooks run in every micro-batch (their cost: the ``lora-all-hooks`` row of
+        ``jobs/bench/train_throughput.py``). Kept: the root module, DeepSpeed's leaf modules (they fetch
         their whole subtree) and modules holding external parameters. A parameter a module
         uses without owning is registered by DeepSpeed on the innermost hooked module running
         it, so it is still fetched. Values and gradients are unchanged. Returns the names of
