@@ -1,6 +1,7 @@
 """ZeRO-3 with gradient accumulation gathers each parameter once per optimiser step
 (``DeepSpeedStrategy.accumulation_window``) and a frozen one once per run
-(``deepspeed.replicate_frozen``), on 2 gloo ranks, and changes no number.
+(``deepspeed.replicate_frozen``), keeps ZeRO-3's module hooks only where a partitioned parameter
+is fetched (``deepspeed.prune_idle_hooks``), on 2 gloo ranks, and changes no number.
 
 The all-gathered bytes are read from DeepSpeed's own communication logger (``comms_logger``),
 and the reference is the same run with ``deepspeed.gather_once_per_step=false``: every
@@ -68,7 +69,7 @@ def _train(rank: int, overrides: list[str], out: str) -> None:
 
 
 def _zero3_hooks(model: torch.nn.Module) -> dict[str, int]:
-    """Per module, how many of DeepSpeed's ZeRO-3 forward hooks (``deepspeed.runtime.zero``) it carries."""
+    """Per module, how many forward hooks defined in DeepSpeed (``deepspeed.*``) it carries."""
     counts = {}
     for name, module in model.named_modules():
         hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
