@@ -61,9 +61,6 @@ def test_every_rank_holds_the_frozen_base_whole_by_default(baseline):
     assert trained and set(replicated) == set(names) - set(trained)
     for name in replicated:
         assert all(r["params"][name][0] == r["params"][name][1] for r in reports), name
-    # ZeRO-3's hooks stay on the root and the modules owning the LoRA matrices only
-    owners = {n.rsplit(".", 1)[0] for n in trained}
-    assert set(reports[0]["hooked"]) == {""} | owners and len(owners) == len(trained)
 
 
 def test_with_the_base_partitioned_each_rank_holds_half_and_the_losses_are_equal(storage, baseline):
