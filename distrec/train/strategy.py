@@ -199,9 +199,7 @@ class DeepSpeedStrategy:
         """
         from deepspeed.utils import z3_leaf_module
 
-        offload = getattr(self.engine.optimizer, "parameter_offload", None)
-        if offload is None:
-            return []
+        offload = self.engine.optimizer.parameter_offload  # ZeRO-3's hook owner
         root = self.engine.module
         kept, idle = [], set()
         for name, module in root.named_modules():
