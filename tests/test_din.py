@@ -180,9 +180,14 @@ def test_din_learns_selects_the_best_epoch_and_stops_early(tmp_path, ray_local):
     prepared = write_learnable(tmp_path / "prepared")
     run = run_job(din_job(tmp_path, "learn"), prepared=prepared)
     per_epoch = run.metrics["train"]["steps"] // 4
-    valid = dict(read_scalars(run.run_dir / "tensorboard")["eval/valid_auc"])
+    scalars = read_scalars(run.run_dir / "tensorboard")
+    valid = dict(scalars["eval/valid_auc"])
     final = valid.pop(0)  # the selected state's evaluation is logged at step 0
     assert sorted(valid) == [per_epoch * e for e in (1, 2, 3, 4)]
+    # a forward over the valid rows logs its speed; the selected state is validated again only if
+    # it is not the last one validated
+    forwards = sorted(step for step, _ in scalars["throughput/eval_valid_rows_per_s"])
+    assert forwards == [0] * (run.metrics["train"]["best_step"] != 4 * per_epoch) + sorted(valid)
     assert final == pytest.approx(max(valid.values()), abs=1e-6)
     assert run.metrics["valid"]["auc"] == pytest.approx(max(valid.values()), abs=1e-6)
     assert run.metrics["valid"]["auc"] > 0.9
@@ -192,6 +197,8 @@ def test_din_learns_selects_the_best_epoch_and_stops_early(tmp_path, ray_local):
     still = run_job(din_job(tmp_path, "still", lr=0.0, patience=1), prepared=prepared)
     assert still.metrics["train"]["stopped_early"] == 1
     assert still.metrics["train"]["steps"] == 2 * per_epoch and still.metrics["train"]["best_step"] == per_epoch
+    forwards = sorted(s for s, _ in read_scalars(still.run_dir / "tensorboard")["throughput/eval_valid_rows_per_s"])
+    assert forwards == [0, per_epoch, 2 * per_epoch]  # the kept state is epoch 1's: validated again
 
 
 @pytest.mark.ray

@@ -203,33 +203,41 @@ def test_environment_names_this_host_and_hashes_the_config_without_run_names():
     assert env["config_hash"] == config_hash(config)
 
 
-def test_final_evaluation_of_a_ctr_split_carries_intervals_and_saves_its_rows(tmp_path):
-    """``train/loop.py``'s evaluation with CtrTask's metrics; scores come from the rows, not a model."""
-    import pyarrow.parquet as pq
-
+def _scored_rows_context(tmp_path, rows: dict, forwards: list[int] | None = None):
+    """``train/loop.py``'s context around CtrTask's metrics, scoring each row by its ``p`` column
+    instead of a model; ``forwards`` counts the rows scored."""
     from distrec.config import JobConfig
     from distrec.objectives.tasks import CtrTask
+    from distrec.predict.run_model import OneProcess as OneRank
     from distrec.train import loop
     from distrec.train.monitor import Monitor
-
-    labels, probs, users = _ctr_sample(n=40)
-    rows = {"sample_id": np.arange(40), "user_id": users, "label": labels, "p": probs}
 
     class Task:
         metrics = staticmethod(CtrTask.metrics)
         eval_columns = CtrTask.eval_columns
 
         def eval_rows(self, engine, batch, n_real):
+            if forwards is not None:
+                forwards.append(n_real)
             return [(int(batch["sample_id"][i]), int(batch["user_id"][i]), int(batch["label"][i]), float(batch["p"][i]))
                     for i in range(n_real)]
-
-    from distrec.predict.run_model import OneProcess as OneRank
 
     class Engine:
         def eval(self):
             pass
 
-    ctx = loop._Context(JobConfig(), OneRank(), Engine(), Task(), Monitor(tmp_path / "tb", enabled=False), tmp_path)
+    return loop._Context(JobConfig(), OneRank(), Engine(), Task(), Monitor(tmp_path / "tb", enabled=False), tmp_path)
+
+
+def test_final_evaluation_of_a_ctr_split_carries_intervals_and_saves_its_rows(tmp_path):
+    """``train/loop.py``'s evaluation with CtrTask's metrics; scores come from the rows, not a model."""
+    import pyarrow.parquet as pq
+
+    from distrec.train import loop
+
+    labels, probs, users = _ctr_sample(n=40)
+    rows = {"sample_id": np.arange(40), "user_id": users, "label": labels, "p": probs}
+    ctx = _scored_rows_context(tmp_path, rows)
     during_training = loop._evaluate(ctx, rows, "valid", write=False)
     assert "ci" not in during_training and not (tmp_path / "predictions_valid.parquet").exists()
     final = loop._evaluate(ctx, rows, "test", write=True)
@@ -238,3 +246,27 @@ def test_final_evaluation_of_a_ctr_split_carries_intervals_and_saves_its_rows(tm
     assert final["auc"] == pytest.approx(roc_auc_score(labels, probs.astype(np.float32)))
     saved = pq.read_table(tmp_path / "predictions_test.parquet").to_pandas()
     assert saved["sample_id"].tolist() == list(range(40)) and saved["user_id"].tolist() == users.tolist()
+
+
+def test_the_final_validation_of_unchanged_weights_reuses_the_last_predictions(tmp_path):
+    """When the weights have not changed since the last validation (``reuse``), the final
+    evaluation scores no row again, yet writes the same file and the same metrics (intervals
+    included) as a second forward over the rows."""
+    import pyarrow.parquet as pq
+
+    from distrec.train import loop
+
+    labels, probs, users = _ctr_sample(n=40)
+    rows = {"sample_id": np.arange(40), "user_id": users, "label": labels, "p": probs}
+    forwards: list[int] = []
+    ctx = _scored_rows_context(tmp_path, rows, forwards)
+    during_training = loop._evaluate(ctx, rows, "valid", write=False, step=7)
+    assert sum(forwards) == 40 and ctx.valid_predictions[0] == 7
+    reused = loop._evaluate(ctx, rows, "valid", write=True, reuse=True)
+    assert sum(forwards) == 40  # no row scored a second time
+    kept = pq.read_table(tmp_path / "predictions_valid.parquet").to_pandas()
+    again = loop._evaluate(ctx, rows, "valid", write=True)
+    assert sum(forwards) == 80
+    assert reused == again and reused["auc"] == during_training["auc"]
+    assert reused["auc"] == pytest.approx(roc_auc_score(labels, probs.astype(np.float32)))
+    assert kept.equals(pq.read_table(tmp_path / "predictions_valid.parquet").to_pandas())

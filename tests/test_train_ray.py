@@ -116,16 +116,24 @@ def test_predictions_cover_the_test_split_and_metrics_match_sklearn(baseline):
 
     preds = pq.read_table(baseline.run_dir / "predictions_test.parquet").to_pandas()
     assert len(preds) == 32 and preds.sample_id.is_unique
-    metrics = baseline.metrics["test"]
-    assert metrics["auc"] == pytest.approx(roc_auc_score(preds.label, preds.p_yes), abs=1e-6)
-    assert metrics["logloss"] == pytest.approx(log_loss(preds.label, preds.p_yes.clip(1e-7, 1 - 1e-7), labels=[0, 1]), abs=1e-5)
+    for split in ("test", "valid"):
+        preds = pq.read_table(baseline.run_dir / f"predictions_{split}.parquet").to_pandas()
+        metrics = baseline.metrics[split]
+        assert len(preds) == metrics["n"] and preds.sample_id.is_unique
+        assert metrics["auc"] == pytest.approx(roc_auc_score(preds.label, preds.p_yes), abs=1e-6)
+        assert metrics["logloss"] == pytest.approx(log_loss(preds.label, preds.p_yes.clip(1e-7, 1 - 1e-7),
+                                                            labels=[0, 1]), abs=1e-5)
     assert (baseline.run_dir / "report.md").is_file()
 
 
 def test_eval_of_the_saved_run_reproduces_its_test_metrics(baseline):
-    """`distrec eval --run DIR`: a fresh worker group loads the exported adapter."""
+    """`distrec eval --run DIR`: a fresh worker group loads the exported adapter. (The training run
+    validated its final state once, at step 12, and took its final valid metrics from those
+    predictions: no second forward over the valid rows.)"""
     from distrec.config import load_job_config as load
 
+    forwards = read_scalars(baseline.run_dir / "tensorboard")["throughput/eval_valid_rows_per_s"]
+    assert [step for step, _ in forwards] == [12]
     job = load(baseline.run_dir / "config_train.yaml")
     again = run_job(job, mode="eval", run_dir=baseline.run_dir)
     for key in ("auc", "logloss", "accuracy", "n"):

@@ -107,7 +107,10 @@ def _train_worker(loop_config: dict[str, Any], staging: Staging) -> None:
         started = time.perf_counter()
         built.export(run_dir)
         monitor.scalars(state.step, {"time/export_s": time.perf_counter() - started})  # gathers under ZeRO-3
-    results = {name: _evaluate(ctx, rows, name, write=True) for name, rows in splits.items() if name != "train"}
+    unchanged = mode == "train" and ctx.valid_predictions is not None and ctx.valid_predictions[0] == state.step \
+        and (best is None or state.best_step == state.step)  # the weights now are those last validated
+    results = {name: _evaluate(ctx, rows, name, write=True, reuse=unchanged and name == "valid")
+               for name, rows in splits.items() if name != "train"}
     if "test" in splits and built.test_extras is not None:
         results["test"].update(built.test_extras(ctx, splits["test"], Path(loop_config["prepared_dir"])))
     if mode == "train":
@@ -137,6 +140,7 @@ class _Context:
         self.job, self.strategy, self.engine, self.task = job, strategy, engine, task
         self.monitor, self.run_dir = monitor, run_dir
         self.flops, self.peak = None, None  # train.flops: model FLOPs per micro-batch, FLOP/s per rank
+        self.valid_predictions = None  # (step, rank 0's gathered table or None) of the last validation
         self.hooks = faults.Hooks(job.debug, run_dir, strategy.rank, strategy.world_size)
 
 
@@ -246,14 +250,16 @@ def _train(ctx: _Context, state: TrainState, rows, valid_rows, per_epoch: int, t
 
 
 @torch.no_grad()
-def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = None) -> dict:
+def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = None, reuse: bool = False) -> dict:
     """Predictions for every row of a split (all ranks forward equally); the same metrics on every rank.
 
     Each rank streams its rows from the shards and keeps only its predictions, packed batch by
     batch into typed columns (``task.eval_columns``: 21 bytes a CTR row). Rank 0 gathers them,
     computes the metrics (AUC needs every score), writes the predictions file, and broadcasts the
     metrics, or the error they raised, so decisions taken on them (the best state) are identical
-    everywhere and no rank is left waiting in a collective.
+    everywhere and no rank is left waiting in a collective. The valid split's gathered table is
+    kept (``ctx.valid_predictions``); ``reuse`` (the same on every rank, and only when the weights
+    have not changed since) takes it instead of a second forward over the same rows.
     """
     from distrec.objectives.tasks import pack_rows
 
@@ -263,28 +269,33 @@ def _evaluate(ctx: _Context, rows, split: str, write: bool, step: int | None = N
     if limit is not None:
         rows = rows.head(limit)
     started = time.perf_counter()
-    parts = [pack_rows([], task.eval_columns)]
-    batches = eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size)
-    n_batches = -(-n_rows(rows) // (strategy.world_size * ctx.job.eval.batch_size))
-    for batch, n_real in tqdm(batches, total=n_batches, desc=f"eval {split}", disable=not strategy.is_rank0,
-                              mininterval=10):
-        parts.append(pack_rows(task.eval_rows(ctx.engine, batch, n_real), task.eval_columns))
-    gathered = strategy.gather_to_rank0(np.concatenate(parts))
-    del parts
+    if reuse:
+        gathered = ctx.valid_predictions[1]
+    else:
+        parts = [pack_rows([], task.eval_columns)]
+        batches = eval_batches(rows, strategy.rank, strategy.world_size, ctx.job.eval.batch_size)
+        n_batches = -(-n_rows(rows) // (strategy.world_size * ctx.job.eval.batch_size))
+        for batch, n_real in tqdm(batches, total=n_batches, desc=f"eval {split}", disable=not strategy.is_rank0,
+                                  mininterval=10):
+            parts.append(pack_rows(task.eval_rows(ctx.engine, batch, n_real), task.eval_columns))
+        gathered = strategy.gather_to_rank0(np.concatenate(parts))
+        del parts
+        if split == "valid":
+            ctx.valid_predictions = (step, gathered)
     outcome = None
     if strategy.is_rank0:
         try:
             outcome = (_rank0_metrics(ctx, np.concatenate(gathered), split, write, step), None)
         except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
             outcome = (None, exc)
-        del gathered
+    del gathered
     metrics, error = strategy.broadcast_from_rank0(outcome)
     if error is not None:
         raise error
-    ctx.monitor.scalars(step if step is not None else 0,
-                        {**{f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                         f"throughput/eval_{split}_rows_per_s": n_rows(rows) / max(time.perf_counter() - started,
-                                                                                   1e-9)})
+    scalars = {f"eval/{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if not reuse:
+        scalars[f"throughput/eval_{split}_rows_per_s"] = n_rows(rows) / max(time.perf_counter() - started, 1e-9)
+    ctx.monitor.scalars(step if step is not None else 0, scalars)
     return metrics
 
 
