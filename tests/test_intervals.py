@@ -203,7 +203,7 @@ def test_environment_names_this_host_and_hashes_the_config_without_run_names():
     assert env["config_hash"] == config_hash(config)
 
 
-def _scored_rows_context(tmp_path, rows: dict, forwards: list[int] | None = None):
+def _scored_rows_context(tmp_path, forwards: list[int] | None = None):
     """``train/loop.py``'s context around CtrTask's metrics, scoring each row by its ``p`` column
     instead of a model; ``forwards`` counts the rows scored."""
     from distrec.config import JobConfig
@@ -237,7 +237,7 @@ def test_final_evaluation_of_a_ctr_split_carries_intervals_and_saves_its_rows(tm
 
     labels, probs, users = _ctr_sample(n=40)
     rows = {"sample_id": np.arange(40), "user_id": users, "label": labels, "p": probs}
-    ctx = _scored_rows_context(tmp_path, rows)
+    ctx = _scored_rows_context(tmp_path)
     during_training = loop._evaluate(ctx, rows, "valid", write=False)
     assert "ci" not in during_training and not (tmp_path / "predictions_valid.parquet").exists()
     final = loop._evaluate(ctx, rows, "test", write=True)
@@ -259,7 +259,7 @@ def test_the_final_validation_of_unchanged_weights_reuses_the_last_predictions(t
     labels, probs, users = _ctr_sample(n=40)
     rows = {"sample_id": np.arange(40), "user_id": users, "label": labels, "p": probs}
     forwards: list[int] = []
-    ctx = _scored_rows_context(tmp_path, rows, forwards)
+    ctx = _scored_rows_context(tmp_path, forwards)
     during_training = loop._evaluate(ctx, rows, "valid", write=False, step=7)
     assert sum(forwards) == 40 and ctx.valid_predictions[0] == 7
     reused = loop._evaluate(ctx, rows, "valid", write=True, reuse=True)
