@@ -1,8 +1,9 @@
 """ZeRO-3 with gradient accumulation gathers each parameter once per optimiser step
 (``DeepSpeedStrategy.accumulation_window``) and a frozen one once per run
 (``deepspeed.replicate_frozen``), on 2 gloo ranks, and changes no number; with
-``deepspeed.prune_idle_hooks`` ZeRO-3's module hooks stay only where a partitioned parameter is
-fetched, with the numbers equal up to float rounding.
+``deepspeed.prune_idle_hooks`` (the default) ZeRO-3's module hooks stay only where a partitioned
+parameter is fetched, with the numbers equal up to float rounding; the bitwise comparisons turn it
+off on both sides.
 
 The all-gathered bytes are read from DeepSpeed's own communication logger (``comms_logger``),
 and the reference is the same run with ``deepspeed.gather_once_per_step=false``: every
@@ -94,11 +95,12 @@ def _spawn(tmp_path: Path, name: str, overrides: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gather_once")
+    every_hook = "deepspeed.prune_idle_hooks=false"  # the bitwise comparisons: the same hooks on both sides
     return {
-        "once": _spawn(tmp, "once", []),
-        "every": _spawn(tmp, "every", ["deepspeed.gather_once_per_step=false"]),
+        "once": _spawn(tmp, "once", [every_hook]),
+        "every": _spawn(tmp, "every", ["deepspeed.gather_once_per_step=false", every_hook]),
         "frozen_partitioned": _spawn(tmp, "frozen_partitioned", ["deepspeed.replicate_frozen=false"]),
-        "pruned": _spawn(tmp, "pruned", ["deepspeed.prune_idle_hooks=true"]),
+        "pruned": _spawn(tmp, "pruned", []),  # the default
         # a live-parameter budget below the model's 0.52M elements turns the window off
         "over_budget": _spawn(tmp, "over_budget", ['deepspeed.extra.zero_optimization={"stage3_max_live_parameters": 50000, '
                                                    '"stage3_param_persistence_threshold": 0}']),
@@ -150,8 +152,10 @@ def test_pruned_only_modules_owning_a_partitioned_parameter_keep_zero3_hooks(run
         "model.norm"}  # every module with a weight of its own, the frozen embedding replicated
     assert set(runs["pruned"]["hooked"]) == {""} | trained
     assert {n for n, k in runs["pruned"]["hooks"].items() if k} == {""} | trained
-    everywhere = runs["once"]["hooks"]  # by default every module keeps its hooks
+    everywhere = runs["once"]["hooks"]  # without pruning every module keeps its hooks
     assert runs["once"]["hooked"] == [] and all(everywhere.values())
+    partitioned = runs["frozen_partitioned"]  # nothing replicated: nothing pruned, even by default
+    assert partitioned["hooked"] == [] and partitioned["hooks"] == everywhere
     assert len(everywhere) > len(trained) + 2  # decoder layers, attention, MLP blocks, activations, rotary
 
 

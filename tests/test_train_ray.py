@@ -61,6 +61,9 @@ def test_every_rank_holds_the_frozen_base_whole_by_default(baseline):
     assert trained and set(replicated) == set(names) - set(trained)
     for name in replicated:
         assert all(r["params"][name][0] == r["params"][name][1] for r in reports), name
+    # deepspeed.prune_idle_hooks: ZeRO-3's hooks stay on the root and on the modules owning the adapters
+    owners = {n.rsplit(".", 1)[0] for n in trained}
+    assert all(set(r["hooked"]) == {""} | owners for r in reports), reports[0]["hooked"]
 
 
 def test_with_the_base_partitioned_each_rank_holds_half_and_the_losses_are_equal(storage, baseline):
@@ -75,9 +78,15 @@ def test_with_the_base_partitioned_each_rank_holds_half_and_the_losses_are_equal
         locals_ = [r["params"][name][0] for r in reports]
         assert all(n <= -(-full // 2) for n in locals_), (name, locals_, full)
         assert sum(locals_) >= full, (name, locals_, full)  # together they hold it all
+    assert reports[0]["hooked"] == []  # nothing replicated, so ZeRO-3's hooks stay on every module
+    # The default run keeps hooks only on the adapters (deepspeed.prune_idle_hooks), so the backward
+    # may add gradients in another order: equal up to float rounding. Replication alone is bitwise
+    # (tests/test_gather_once.py, the same hooks on both sides).
     loss = read_scalars(partitioned.run_dir / "tensorboard")["train/loss"]
-    assert loss == read_scalars(baseline.run_dir / "tensorboard")["train/loss"]
-    assert_same_adapter(partitioned, baseline, atol=0)
+    want = read_scalars(baseline.run_dir / "tensorboard")["train/loss"]
+    assert [s for s, _ in loss] == [s for s, _ in want]
+    np.testing.assert_allclose([v for _, v in loss], [v for _, v in want], rtol=1e-5, atol=0)
+    assert_same_adapter(partitioned, baseline, atol=1e-6, rtol=1e-5)
 
 
 def test_loss_decreases_and_tensorboard_events_read_back(baseline):

@@ -232,9 +232,9 @@ class DeepSpeedConfig:
     # on every rank (train.strategy.DeepSpeedStrategy._replicate_frozen); same budget as above
     replicate_frozen: bool = True
     # ZeRO-3 with the frozen base whole: DeepSpeed's module hooks kept only on modules that own a
-    # partitioned parameter (train.strategy.DeepSpeedStrategy._prune_idle_hooks); equal up to float
-    # rounding, so off by default (the bitwise tests compare runs with the same hooks)
-    prune_idle_hooks: bool = False
+    # partitioned parameter (train.strategy.DeepSpeedStrategy._prune_idle_hooks); equal to a run
+    # with every hook up to float rounding (the backward may add gradients in another order)
+    prune_idle_hooks: bool = True
     extra: dict[str, object] = field(default_factory=dict)  # merged into the DeepSpeed config as is
 
     def __post_init__(self) -> None:

@@ -17,8 +17,9 @@ Rows (every ``key=value`` override applies to all of them):
   a micro-batch's common prompt prefix runs once) are variants; the ``-regather`` row turns off
   ``deepspeed.gather_once_per_step`` and ``deepspeed.replicate_frozen`` (ZeRO-3 gathers every
   parameter in every micro-batch), the ``-partitioned`` row only ``deepspeed.replicate_frozen``
-  (the frozen base is gathered once a step instead of once a run), ``lora-pruned-hooks`` keeps
-  ZeRO-3's hooks on the adapters' modules only (``deepspeed.prune_idle_hooks=true``).
+  (the frozen base is gathered once a step instead of once a run), ``lora-all-hooks`` keeps
+  ZeRO-3's hooks on every module (``deepspeed.prune_idle_hooks=false``; by default they stay only
+  on the adapters' modules).
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
 optimiser steps and read back the per-step TensorBoard scalars; HF rows run
@@ -73,7 +74,7 @@ ROWS = {  # name: (config, overrides, baseline group)
     "lora-prefix-regather": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.gather_once_per_step=false",
                                           "deepspeed.replicate_frozen=false"], "ctr"),
     "lora-prefix-partitioned": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.replicate_frozen=false"], "ctr"),
-    "lora-pruned-hooks": (CTR_CONFIG, ["deepspeed.prune_idle_hooks=true"], "ctr"),
+    "lora-all-hooks": (CTR_CONFIG, ["deepspeed.prune_idle_hooks=false"], "ctr"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)",
@@ -88,13 +89,13 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-grouped-prefix": "distrec LoRA, length-grouped, common prefix once (CTR)",
           "lora-prefix-regather": "distrec LoRA, common prefix once, ZeRO-3 gathers every micro-batch (CTR)",
           "lora-prefix-partitioned": "distrec LoRA, common prefix once, frozen base partitioned (CTR)",
-          "lora-pruned-hooks": "distrec LoRA, ZeRO-3 hooks only on the adapters (CTR)"}
+          "lora-all-hooks": "distrec LoRA, ZeRO-3 hooks on every module (CTR)"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
 # (row, reference row): the row's step over the reference's, on the same samples.
 STEP_PAIRS = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
               ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"), ("rellax", "cflora"),
-              ("cflora-generated", "cflora"), ("cflora-spa", "cflora"), ("lora", "lora-pruned-hooks"))
+              ("cflora-generated", "cflora"), ("cflora-spa", "cflora"), ("lora-all-hooks", "lora"))
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:
