@@ -187,7 +187,7 @@ class DeepSpeedStrategy:
         outputs, before and after its backward. A module that owns no partitioned parameter
         (a norm, an activation, a container such as a decoder layer, and every frozen layer
         once :meth:`_replicate_frozen` has made it a buffer) fetches and releases nothing, yet
-        its hooks run in every micro-batch (their cost: the ``lora-pruned-hooks`` row of
+        its hooks run in every micro-batch (their cost: the ``lora-all-hooks`` row of
         ``jobs/bench/train_throughput.py``). Kept: the root module, DeepSpeed's leaf modules (they fetch
         their whole subtree) and modules holding external parameters. A parameter a module
         uses without owning is registered by DeepSpeed on the innermost hooked module running
