@@ -7,7 +7,7 @@
 Each rank (``--ranks`` gloo processes on 127.0.0.1, one thread each) trains the backbone with
 PEFT LoRA (r 8, alpha 16, dropout 0.05 on q_proj, v_proj) on the same random micro-batch of
 4 left-padded prompts of ``--tokens`` tokens, gradient accumulation 2, the answer-token loss
-at the last position only (``logits_to_keep=1``, as ``objectives.ctr``). Rows: ``plain`` (the
+at the last position only (``objectives.ctr.answer_logits`` and ``ctr_loss_sum``). Rows: ``plain`` (the
 model and AdamW, no DeepSpeed; rank 0 only), ``every hook`` (``deepspeed.prune_idle_hooks=false``)
 and ``pruned`` (the default), each with the frozen base whole on every rank. Reports the median
 optimiser-step time over ``--steps`` steps after one warm-up step, and each row over ``plain``.
@@ -39,8 +39,7 @@ def _batch(tokens: int) -> dict[str, torch.Tensor]:
     mask = torch.ones(MICRO, tokens, dtype=torch.long)
     mask[0, :20] = 0  # two rows shorter than the longest, left-padded
     mask[1, :7] = 0
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-            "answers": torch.randint(0, 49_000, (MICRO,), generator=g)}
+    return {"input_ids": ids, "attention_mask": mask, "answers": torch.randint(0, 49_000, (MICRO,), generator=g)}
 
 
 def _model(name: str):
@@ -53,11 +52,9 @@ def _model(name: str):
 
 
 def _loss(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
-    import torch.nn.functional as F
+    from distrec.objectives.ctr import answer_logits, ctr_loss_sum
 
-    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
-                logits_to_keep=1, use_cache=False)
-    return F.cross_entropy(out.logits[:, -1].float(), b["answers"], reduction="sum")
+    return ctr_loss_sum(answer_logits(model, b["input_ids"], b["attention_mask"]), b["answers"])
 
 
 def _timed(step, steps: int) -> float:
