@@ -19,7 +19,9 @@ Rows (every ``key=value`` override applies to all of them):
   parameter in every micro-batch), the ``-partitioned`` row only ``deepspeed.replicate_frozen``
   (the frozen base is gathered once a step instead of once a run), ``lora-all-hooks`` keeps
   ZeRO-3's hooks on every module (``deepspeed.prune_idle_hooks=false``; by default they stay only
-  on the adapters' modules).
+  on the adapters' modules). The ``-zero2`` rows (``lora``, ``sft``, ``cft`` and the two ``-prefix``
+  generative rows) run at ZeRO-2, against an HF Trainer row at ZeRO-2 of their own, so that
+  one run compares the two stages on the same rows and samples.
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
 optimiser steps and read back the per-step TensorBoard scalars; HF rows run
@@ -75,6 +77,11 @@ ROWS = {  # name: (config, overrides, baseline group)
                                           "deepspeed.replicate_frozen=false"], "ctr"),
     "lora-prefix-partitioned": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.replicate_frozen=false"], "ctr"),
     "lora-all-hooks": (CTR_CONFIG, ["deepspeed.prune_idle_hooks=false"], "ctr"),
+    "lora-zero2": (CTR_CONFIG, [], "ctr-zero2"),
+    "sft-zero2": (GEN_CONFIG, ["cft.lam=0"], "gen-zero2"),
+    "cft-zero2": (GEN_CONFIG, [], "gen-zero2"),
+    "sft-prefix-zero2": (GEN_CONFIG, ["cft.lam=0", "train.share_prefix=true"], "gen-zero2"),
+    "cft-prefix-zero2": (GEN_CONFIG, ["train.share_prefix=true"], "gen-zero2"),
 }
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)",
@@ -89,13 +96,21 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-grouped-prefix": "distrec LoRA, length-grouped, common prefix once (CTR)",
           "lora-prefix-regather": "distrec LoRA, common prefix once, ZeRO-3 gathers every micro-batch (CTR)",
           "lora-prefix-partitioned": "distrec LoRA, common prefix once, frozen base partitioned (CTR)",
-          "lora-all-hooks": "distrec LoRA, ZeRO-3 hooks on every module (CTR)"}
+          "lora-all-hooks": "distrec LoRA, ZeRO-3 hooks on every module (CTR)",
+          "lora-zero2": "distrec LoRA, ZeRO-2 (CTR)", "sft-zero2": "distrec LoRA SFT, ZeRO-2",
+          "cft-zero2": "distrec CFT packed, ZeRO-2", "sft-prefix-zero2": "distrec LoRA SFT, common prefix once, ZeRO-2",
+          "cft-prefix-zero2": "distrec CFT, common prefixes once, ZeRO-2"}
 
-HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
+HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)",
+             "ctr-zero2": "HF Trainer + PEFT LoRA (CTR, ZeRO-2)", "gen-zero2": "HF Trainer + PEFT LoRA (generative, ZeRO-2)"}
+# Overrides a baseline group applies to its distrec rows and to its HF row.
+GROUP_OVERRIDES = {"ctr-zero2": ["deepspeed.zero_stage=2"], "gen-zero2": ["deepspeed.zero_stage=2"]}
 # (row, reference row): the row's step over the reference's, on the same samples.
 STEP_PAIRS = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
               ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"), ("rellax", "cflora"),
-              ("cflora-generated", "cflora"), ("cflora-spa", "cflora"), ("lora-all-hooks", "lora"))
+              ("cflora-generated", "cflora"), ("cflora-spa", "cflora"), ("lora-all-hooks", "lora"),
+              ("lora", "lora-zero2"), ("sft-prefix", "sft-prefix-zero2"), ("cft-prefix", "cft-prefix-zero2"),
+              ("cft-zero2", "sft-zero2"), ("cft-prefix-zero2", "sft-prefix-zero2"))
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:
@@ -177,13 +192,14 @@ def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup:
     return out
 
 
-def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path, profile: bool = False) -> dict:
+def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path, profile: bool = False,
+           group: str = "") -> dict:
     from distrec.config import load_job_config
     from distrec.train.artefacts import ensure_prepared
 
     job = load_job_config(config, [*COMMON, *overrides])
     prepared = ensure_prepared(job)
-    out = workdir / f"hf-{job.data.task}.json"
+    out = workdir / f"hf-{group or job.data.task}.json"
     profiled = warmup + steps + 1  # as distrec_row: one step after the measured ones
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.ray.num_workers}",
            str(REPO / "jobs" / "bench" / "hf_trainer_baseline.py"), "--config", config, "--prepared", str(prepared),
@@ -191,7 +207,7 @@ def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: 
            *(["--profile-step", str(profiled)] if profile else []), *COMMON, *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    log = workdir / f"hf-{job.data.task}.log"
+    log = out.with_suffix(".log")
     with log.open("w") as fh:
         done = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if done.returncode != 0:
@@ -210,8 +226,8 @@ def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: 
 def hf_baselines(names: list[str], overrides: list[str], args, workdir: Path) -> dict[str, dict]:
     """One HF Trainer row per baseline group of ``names`` (none with ``--no-hf``)."""
     groups = dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ()
-    return {g: hf_row(next(ROWS[n][0] for n in names if ROWS[n][2] == g), overrides, args.steps, args.warmup,
-                      workdir, profile=args.profile) for g in groups}
+    return {g: hf_row(next(ROWS[n][0] for n in names if ROWS[n][2] == g), [*GROUP_OVERRIDES.get(g, []), *overrides],
+                      args.steps, args.warmup, workdir, profile=args.profile, group=g) for g in groups}
 
 
 def _over(a: float, b: float) -> str:
@@ -302,8 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
             results: dict[str, dict] = {}
             baselines = hf_baselines(names, overrides, args, work) if r % 2 == 0 else {}
             for name in names if r % 2 == 0 else names[::-1]:
-                config, extra, _ = ROWS[name]
-                results[name] = distrec_row(name, config, [*extra, *overrides], args.steps, args.warmup,
+                config, extra, group = ROWS[name]
+                results[name] = distrec_row(name, config, [*GROUP_OVERRIDES.get(group, []), *extra, *overrides],
+                                            args.steps, args.warmup,
                                             work / "runs", profile=args.profile)
             if r % 2 == 1:
                 baselines = hf_baselines(names, overrides, args, work)
@@ -317,7 +334,10 @@ def main(argv: list[str] | None = None) -> dict:
     from distrec.config import load_job_config
     from benchhost import describe_host
 
-    job = load_job_config(ROWS[names[0]][0], [*COMMON, *overrides])  # the settings line: the first row's config
+    first_config, _, first_group = ROWS[names[0]]  # the settings line: the first row's config
+    job = load_job_config(first_config, [*COMMON, *GROUP_OVERRIDES.get(first_group, []), *overrides])
+    mixed = (" (the rows labelled ZeRO-2 and their HF row at ZeRO-2)"
+             if len({tuple(GROUP_OVERRIDES.get(ROWS[n][2], [])) for n in names}) > 1 else "")
     command = " ".join([Path(sys.executable).name, "jobs/bench/train_throughput.py",
                         *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     import torch
@@ -326,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     block = (f"\n## Training throughput vs HF Trainer — {datetime.datetime.now().isoformat(timespec='minutes')}\n\n"
              f"- Device: {describe_host()}\n- Versions: torch {torch.__version__}, transformers {transformers.__version__}\n"
              f"- Settings: model {job.model.name_or_path} ({job.model.dtype}), {job.ray.num_workers} ranks, ZeRO-"
-             f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}, micro batch {job.train.micro_batch_size} × accum "
+             f"{job.deepspeed.zero_stage}{mixed}, {job.deepspeed.precision}, micro batch {job.train.micro_batch_size} × accum "
              f"{job.train.grad_accum}, LoRA r {job.adapter.r} on {','.join(job.adapter.target_modules)}, "
              f"{args.steps} measured steps after {args.warmup} warm-up steps per row"
              f"{f' in each of {args.rounds} rounds (pooled below)' if args.rounds > 1 else ''}; whole benchmark "
