@@ -56,7 +56,7 @@ def test_even_rounds_run_the_distrec_rows_in_reverse_and_hf_last(monkeypatch, ca
 
 def test_zero2_rows_and_their_hf_row_run_at_zero2_in_the_same_run(monkeypatch, capsys):
     """The ``-zero2`` rows get ``deepspeed.zero_stage=2`` and an HF row of their own at ZeRO-2; the
-    ZeRO-3 rows and their HF row keep the config's stage; the user's overrides come last."""
+    ZeRO-3 rows and their HF row keep the config's stage; the group's stage comes after the user's overrides."""
     bench = load_bench("train_throughput")
     seen = {}
     row = {**bench.summarise([1.0, 2.0], [10.0, 20.0], [1.0, 1.0], world=2, warmup=1), "data_wait_s": 0.0,
@@ -66,10 +66,10 @@ def test_zero2_rows_and_their_hf_row_run_at_zero2_in_the_same_run(monkeypatch, c
     monkeypatch.setattr(bench, "hf_row", lambda config, overrides, *a, group="", **k:
                         seen.__setitem__(f"hf {group}", overrides) or dict(row))
     bench.main(["--rows", "lora,lora-zero2", "--no-append", "model.name_or_path=tiny"])
-    assert seen == {"hf ctr": ["model.name_or_path=tiny"], "hf ctr-zero2": ["deepspeed.zero_stage=2", "model.name_or_path=tiny"],
-                    "lora": ["model.name_or_path=tiny"], "lora-zero2": ["deepspeed.zero_stage=2", "model.name_or_path=tiny"]}
+    tiny, zero2 = "model.name_or_path=tiny", "deepspeed.zero_stage=2"
+    assert seen == {"hf ctr": [tiny], "hf ctr-zero2": [tiny, zero2], "lora": [tiny], "lora-zero2": [tiny, zero2]}
     out = capsys.readouterr().out
-    assert "ZeRO-3 (the rows labelled ZeRO-2 and their HF row at ZeRO-2)" in out
+    assert "ZeRO-3 (the rows labelled ZeRO-2, and their HF row, at ZeRO-2)" in out
     assert "| HF Trainer + PEFT LoRA (CTR, ZeRO-2) |" in out
     assert "distrec LoRA (CTR) step / distrec LoRA, ZeRO-2 (CTR) step (medians, same samples): 1.00×" in out
 

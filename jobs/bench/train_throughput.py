@@ -20,8 +20,9 @@ Rows (every ``key=value`` override applies to all of them):
   (the frozen base is gathered once a step instead of once a run), ``lora-all-hooks`` keeps
   ZeRO-3's hooks on every module (``deepspeed.prune_idle_hooks=false``; by default they stay only
   on the adapters' modules). The ``-zero2`` rows (``lora``, ``sft``, ``cft`` and the two ``-prefix``
-  generative rows) run at ZeRO-2, against an HF Trainer row at ZeRO-2 of their own, so that
-  one run compares the two stages on the same rows and samples.
+  generative rows) run at ZeRO-2 whatever the command line's ``deepspeed.zero_stage``, against an
+  HF Trainer row at ZeRO-2 of their own, so that one run compares the two stages on the same rows
+  and samples.
 
 distrec rows run the real job (Ray Train, DeepSpeed, same ZeRO stage) for ``warmup + steps``
 optimiser steps and read back the per-step TensorBoard scalars; HF rows run
@@ -77,12 +78,9 @@ ROWS = {  # name: (config, overrides, baseline group)
                                           "deepspeed.replicate_frozen=false"], "ctr"),
     "lora-prefix-partitioned": (CTR_CONFIG, ["train.share_prefix=true", "deepspeed.replicate_frozen=false"], "ctr"),
     "lora-all-hooks": (CTR_CONFIG, ["deepspeed.prune_idle_hooks=false"], "ctr"),
-    "lora-zero2": (CTR_CONFIG, [], "ctr-zero2"),
-    "sft-zero2": (GEN_CONFIG, ["cft.lam=0"], "gen-zero2"),
-    "cft-zero2": (GEN_CONFIG, [], "gen-zero2"),
-    "sft-prefix-zero2": (GEN_CONFIG, ["cft.lam=0", "train.share_prefix=true"], "gen-zero2"),
-    "cft-prefix-zero2": (GEN_CONFIG, ["train.share_prefix=true"], "gen-zero2"),
 }
+ROWS.update({f"{name}-zero2": (ROWS[name][0], ROWS[name][1], f"{ROWS[name][2]}-zero2")
+             for name in ("lora", "sft", "cft", "sft-prefix", "cft-prefix")})
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)",
           "cflora-generated": "distrec CFLoRA from DIN, no SPA (CTR)", "cflora-spa": "distrec SPA + CFLoRA, static G (CTR)",
@@ -103,7 +101,7 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)",
              "ctr-zero2": "HF Trainer + PEFT LoRA (CTR, ZeRO-2)", "gen-zero2": "HF Trainer + PEFT LoRA (generative, ZeRO-2)"}
-# Overrides a baseline group applies to its distrec rows and to its HF row.
+# Overrides a baseline group applies to its distrec rows and to its HF row, after the command line's.
 GROUP_OVERRIDES = {"ctr-zero2": ["deepspeed.zero_stage=2"], "gen-zero2": ["deepspeed.zero_stage=2"]}
 # (row, reference row): the row's step over the reference's, on the same samples.
 STEP_PAIRS = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
@@ -226,7 +224,7 @@ def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: 
 def hf_baselines(names: list[str], overrides: list[str], args, workdir: Path) -> dict[str, dict]:
     """One HF Trainer row per baseline group of ``names`` (none with ``--no-hf``)."""
     groups = dict.fromkeys(ROWS[n][2] for n in names) if not args.no_hf else ()
-    return {g: hf_row(next(ROWS[n][0] for n in names if ROWS[n][2] == g), [*GROUP_OVERRIDES.get(g, []), *overrides],
+    return {g: hf_row(next(ROWS[n][0] for n in names if ROWS[n][2] == g), [*overrides, *GROUP_OVERRIDES.get(g, [])],
                       args.steps, args.warmup, workdir, profile=args.profile, group=g) for g in groups}
 
 
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
             baselines = hf_baselines(names, overrides, args, work) if r % 2 == 0 else {}
             for name in names if r % 2 == 0 else names[::-1]:
                 config, extra, group = ROWS[name]
-                results[name] = distrec_row(name, config, [*GROUP_OVERRIDES.get(group, []), *extra, *overrides],
+                results[name] = distrec_row(name, config, [*extra, *overrides, *GROUP_OVERRIDES.get(group, [])],
                                             args.steps, args.warmup,
                                             work / "runs", profile=args.profile)
             if r % 2 == 1:
@@ -334,10 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
     from distrec.config import load_job_config
     from benchhost import describe_host
 
-    first_config, _, first_group = ROWS[names[0]]  # the settings line: the first row's config
-    job = load_job_config(first_config, [*COMMON, *GROUP_OVERRIDES.get(first_group, []), *overrides])
-    mixed = (" (the rows labelled ZeRO-2 and their HF row at ZeRO-2)"
-             if len({tuple(GROUP_OVERRIDES.get(ROWS[n][2], [])) for n in names}) > 1 else "")
+    job = load_job_config(ROWS[names[0]][0], [*COMMON, *overrides])  # the settings line: the first row's config
+    mixed = (" (the rows labelled ZeRO-2, and their HF row, at ZeRO-2)"
+             if any(ROWS[n][2] in GROUP_OVERRIDES for n in names) else "")
     command = " ".join([Path(sys.executable).name, "jobs/bench/train_throughput.py",
                         *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     import torch
