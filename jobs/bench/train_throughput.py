@@ -99,10 +99,10 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "cft-zero2": "distrec CFT packed, ZeRO-2", "sft-prefix-zero2": "distrec LoRA SFT, common prefix once, ZeRO-2",
           "cft-prefix-zero2": "distrec CFT, common prefixes once, ZeRO-2"}
 
-HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)",
-             "ctr-zero2": "HF Trainer + PEFT LoRA (CTR, ZeRO-2)", "gen-zero2": "HF Trainer + PEFT LoRA (generative, ZeRO-2)"}
+HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
+HF_LABELS.update({f"{g}-zero2": f"{label[:-1]}, ZeRO-2)" for g, label in HF_LABELS.items()})
 # Overrides a baseline group applies to its distrec rows and to its HF row, after the command line's.
-GROUP_OVERRIDES = {"ctr-zero2": ["deepspeed.zero_stage=2"], "gen-zero2": ["deepspeed.zero_stage=2"]}
+GROUP_OVERRIDES = {g: ["deepspeed.zero_stage=2"] for g in HF_LABELS if g.endswith("-zero2")}
 # (row, reference row): the row's step over the reference's, on the same samples.
 STEP_PAIRS = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
               ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"), ("rellax", "cflora"),
@@ -190,14 +190,14 @@ def distrec_row(row: str, config: str, overrides: list[str], steps: int, warmup:
     return out
 
 
-def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path, profile: bool = False,
-           group: str = "") -> dict:
+def hf_row(config: str, overrides: list[str], steps: int, warmup: int, workdir: Path, *, group: str,
+           profile: bool = False) -> dict:
     from distrec.config import load_job_config
     from distrec.train.artefacts import ensure_prepared
 
     job = load_job_config(config, [*COMMON, *overrides])
     prepared = ensure_prepared(job)
-    out = workdir / f"hf-{group or job.data.task}.json"
+    out = workdir / f"hf-{group}.json"
     profiled = warmup + steps + 1  # as distrec_row: one step after the measured ones
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.ray.num_workers}",
            str(REPO / "jobs" / "bench" / "hf_trainer_baseline.py"), "--config", config, "--prepared", str(prepared),
