@@ -36,7 +36,7 @@ def test_rounds_pool_into_total_work_over_total_time_and_ratios_are_given_per_ro
                {"ctr": {"tokens_per_s": 80.0}})]
     text = bench.per_round(rounds)
     assert "distrec LoRA (CTR) over HF Trainer + PEFT LoRA (CTR), tokens/s: 2.00×, 1.25×" in text
-    assert "distrec CFT, branches packed (generative) step over distrec LoRA SFT (generative) step: 1.50×, 1.25×" in text
+    assert "distrec CFT, counterfactual prompt once (generative) step over distrec LoRA SFT (generative) step: 1.50×, 1.25×" in text
 
 
 def test_even_rounds_run_the_distrec_rows_in_reverse_and_hf_last(monkeypatch, capsys):

@@ -88,25 +88,29 @@ def test_ctr_answer_logits_loss_and_gradients_equal_the_plain_forward(model):
     assert_same(grads_of(model, lambda: ce(shared_answer_logits(model, ids, mask)[0], answers)), want)
 
 
-@pytest.mark.parametrize("with_cf", [False, True])
-def test_sft_and_cft_losses_and_gradients_equal_the_plain_forwards(model, with_cf):
+@pytest.mark.parametrize("with_cf, share_factual", [(False, True), (True, True), (True, False)])
+def test_sft_and_cft_losses_and_gradients_equal_the_plain_forwards(model, with_cf, share_factual):
+    """``share_factual=False`` is CFT's default without ``train.share_prefix`` (``cft.share_cf_prompt``):
+    only the counterfactual prompt joins the trunk, every factual row runs whole."""
     f_ids, f_mask, f_labels = labelled(FACTUAL)
     cf_ids, cf_mask, _ = labelled(COUNTERFACTUAL) if with_cf else (None, None, None)
 
     def loss(shared: bool):
         if shared:
-            z_f, z_cf, y, _ = shared_cft_logits(model, f_ids, f_mask, f_labels, cf_ids, cf_mask)
+            z_f, z_cf, y, _ = shared_cft_logits(model, f_ids, f_mask, f_labels, cf_ids, cf_mask, share_factual)
         else:
             z_f, z_cf, y = cft_logits(model, f_ids, f_mask, f_labels, cf_ids, cf_mask, PAD, stacked=False)
         return combine(cft_loss_sums(z_f, z_cf, y), lam=0.1)
 
     assert_same(grads_of(model, lambda: loss(True)), grads_of(model, lambda: loss(False)))
     with torch.no_grad():
-        n_tokens = shared_cft_logits(model, f_ids, f_mask, f_labels, cf_ids, cf_mask)[3]
-    factual = 4 + sum(len(r) - 4 for r in FACTUAL)
-    # the counterfactual rows: 37, 38 join the trunk (5, 6 are there already); 39 predicts each
-    # response's first token, so it stays in every row's tail with the response
-    assert n_tokens == factual + (2 + sum(1 + len(r) for r in RESPONSES) if with_cf else 0)
+        n_tokens = shared_cft_logits(model, f_ids, f_mask, f_labels, cf_ids, cf_mask, share_factual)[3]
+    factual = 4 + sum(len(r) - 4 for r in FACTUAL) if share_factual else sum(len(r) for r in FACTUAL)
+    # the counterfactual rows: 37, 38 join the trunk (5, 6 are there already when the factual header
+    # is; else they join it too); 39 predicts each response's first token, so it stays in every row's
+    # tail with the response
+    trunk_cf = 2 if share_factual else 4
+    assert n_tokens == factual + (trunk_cf + sum(1 + len(r) for r in RESPONSES) if with_cf else 0)
 
 
 def test_nothing_shared_falls_back_to_the_plain_forward(model):
@@ -154,3 +158,22 @@ def test_share_prefix_refuses_rows_that_differ_from_the_first_token(extra, key):
     with pytest.raises(ConfigError, match="tiny.yaml.*train.share_prefix") as err:
         load_job_config(Path(__file__).resolve().parents[1] / "jobs" / "tiny.yaml", ["train.share_prefix=true", *extra])
     assert key in str(err.value)
+
+
+def test_cft_task_runs_the_counterfactual_prompt_once_by_default(model):
+    """``cft.share_cf_prompt`` (default): the task's loss equals the packed branches' (``false``) to
+    float64 rounding, and ``data/forward_tokens`` counts every factual token, the counterfactual
+    prompt once (5, 6, 37, 38) and each instance's 39 + response."""
+    from distrec.config import CftConfig
+    from distrec.objectives.tasks import Batchify, GenerativeTask
+
+    labels = [[IGNORE_INDEX] * (len(x) - len(r)) + r for x, r in zip(FACTUAL, RESPONSES)]
+    mb = {"input_ids": FACTUAL, "cf_input_ids": COUNTERFACTUAL, "labels": labels}
+    out = {}
+    for share in (True, False):
+        task = GenerativeTask(CftConfig(share_cf_prompt=share), Batchify(PAD, torch.device("cpu")))
+        out[share] = task.micro_loss(model, mb, task.normalisers([mb]))
+    assert float(out[True][0].detach()) == pytest.approx(float(out[False][0].detach()), rel=1e-12)
+    assert out[True][1]["forward_tokens"] == sum(map(len, FACTUAL)) + 4 + sum(1 + len(r) for r in RESPONSES)
+    # packed: each instance's counterfactual row after the two header tokens it shares with its factual row
+    assert out[False][1]["forward_tokens"] == sum(map(len, FACTUAL)) + 4 * 3 + sum(len(r) for r in RESPONSES)

@@ -283,6 +283,9 @@ class CftConfig:
     cf_grad: bool = True  # gradient through the counterfactual branch
     stacked: bool = True  # both branches in one forward
     pack: bool = True  # with stacked: side by side in one row per instance, not padded to the factual width
+    # with stacked: the counterfactual prompt, the same for every instance, runs once per micro-batch and each
+    # instance's response after it (objectives.shared_prefix); false: once per instance (pack)
+    share_cf_prompt: bool = True
 
     def __post_init__(self) -> None:
         if self.lam < 0:
@@ -357,6 +360,17 @@ class JobConfig:
     def needs_crm(self) -> bool:
         """SPA and generated-mode CFLoRA read the frozen CRM."""
         return self.spa.enabled or self.cflora_generated
+
+    @property
+    def shares_cf_prompt(self) -> bool:
+        """CFT's counterfactual prompt runs once per micro-batch (``cft.share_cf_prompt``, generative causal LM)."""
+        return (self.model.kind == "causal_lm" and self.data.task == "generative" and self.cft.lam > 0
+                and self.cft.stacked and self.cft.share_cf_prompt)
+
+    @property
+    def trunk_attention(self) -> bool:
+        """The model needs ``objectives.shared_prefix``'s trunk attention: a prefix runs once per micro-batch."""
+        return self.train.share_prefix or self.shares_cf_prompt
 
 
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

@@ -28,7 +28,10 @@ Conventions of this package (see ``ctr.py``, ``normalisation.py``):
   the factual width.
 - With ``train.share_prefix``, :func:`shared_cft_logits` runs instead: the common prefix of the
   micro-batch's factual rows and that of its counterfactual rows run once, and every branch pays
-  only for what follows them (``objectives.shared_prefix``).
+  only for what follows them (``objectives.shared_prefix``). Without it, by default
+  (``cft.share_cf_prompt``), only the counterfactual rows' common prefix runs once: their prompt
+  is the same text for every instance, so the branch costs one prompt per micro-batch plus the
+  responses, and the factual rows run as in SFT.
 - Losses are returned as SUMS with their normalisers (:func:`cft_loss_sums`); the caller
   sums them over micro-batches and ranks and calls :func:`combine` — so gradient
   accumulation k and k workers equal one k-times larger batch exactly.
@@ -392,12 +395,17 @@ def cft_logits(
 
 def shared_cft_logits(model, f_ids: torch.Tensor, f_mask: torch.Tensor, f_labels: torch.Tensor,
                       cf_ids: torch.Tensor | None = None, cf_mask: torch.Tensor | None = None,
+                      share_factual: bool = True,
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int] | None:
     """:func:`cft_logits` with the micro-batch's common prefixes computed once
     (``objectives.shared_prefix``): the factual rows' common prefix and, with ``cf_ids``, the
     counterfactual rows' (CFT's counterfactual prompts differ only in their responses, so nearly
     all of each is shared), in one trunk; each instance's factual and counterfactual tails side by
     side in one row. Same logits as :func:`cft_logits` up to float rounding.
+
+    ``share_factual=False`` (``cft.share_cf_prompt`` without ``train.share_prefix``): only the
+    counterfactual prompt goes into the trunk; every factual row runs whole, as in SFT, so the
+    counterfactual branch adds one prompt per micro-batch and the responses.
 
     Returns:
         ``(z_f, z_cf or None, y, forward tokens)`` as :func:`cft_logits`, plus the real tokens the
@@ -409,7 +417,7 @@ def shared_cft_logits(model, f_ids: torch.Tensor, f_mask: torch.Tensor, f_labels
     if n_keep == 0:
         raise ValueError("no label tokens in this micro-batch")
     need = scored_counts(f_labels) + 1
-    groups = [Group(f_ids, f_mask, need, n_keep + 1)]
+    groups = [Group(f_ids, f_mask, need if share_factual else f_mask.sum(1), n_keep + 1)]
     if cf_ids is not None:
         groups.append(Group(cf_ids, cf_mask, need, n_keep + 1))
     got = trunk_forward(model, groups)

@@ -137,6 +137,11 @@ class CtrTask(_Task):
 class GenerativeTask(_Task):
     """Next-item title generation: SFT, or CFT when ``cft.lam > 0`` (``objectives.cft``).
 
+    CFT's forward: with ``share_prefix``, both branches' common prefixes run once
+    (:func:`~distrec.objectives.cft.shared_cft_logits`); else with ``cft.stacked`` and
+    ``cft.share_cf_prompt`` (the default) only the counterfactual prompt does, the model then needing
+    trunk attention (``JobConfig.trunk_attention``); else :func:`~distrec.objectives.cft.cft_logits`.
+
     Validation during training uses the evaluation loss ``L_n`` (lower is better): beam
     search over a catalogue is far too slow to run every few steps on CPU. The final
     grounded HR/NDCG evaluation lives in ``eval.generation``.
@@ -172,7 +177,10 @@ class GenerativeTask(_Task):
         cf_ids = cf_mask = None
         if with_cf:
             cf_ids, cf_mask = self.b.ids(mb["cf_input_ids"])
-        shared = shared_cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask) if self.share_prefix else None
+        share_cf = with_cf and self.cft.stacked and self.cft.share_cf_prompt
+        shared = None
+        if self.share_prefix or share_cf:
+            shared = shared_cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask, self.share_prefix)
         if shared is not None:
             z_f, z_cf, y, through = shared
         else:

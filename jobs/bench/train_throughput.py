@@ -65,7 +65,8 @@ ROWS = {  # name: (config, overrides, baseline group)
     "cflora-spa": (CTR_CONFIG, ["adapter.kind=cflora", "adapter.cflora.mode=static", "spa.enabled=true"], "ctr"),
     "sft": (GEN_CONFIG, ["cft.lam=0"], "gen"),
     "cft": (GEN_CONFIG, [], "gen"),
-    "cft-stacked": (GEN_CONFIG, ["cft.pack=false"], "gen"),
+    "cft-packed": (GEN_CONFIG, ["cft.share_cf_prompt=false"], "gen"),
+    "cft-stacked": (GEN_CONFIG, ["cft.share_cf_prompt=false", "cft.pack=false"], "gen"),
     "lora-grouped": (CTR_CONFIG, ["train.group_by_length=true"], "ctr"),
     "sft-grouped": (GEN_CONFIG, ["cft.lam=0", "train.group_by_length=true"], "gen"),
     "cft-grouped": (GEN_CONFIG, ["train.group_by_length=true"], "gen"),
@@ -80,15 +81,16 @@ ROWS = {  # name: (config, overrides, baseline group)
     "lora-all-hooks": (CTR_CONFIG, ["deepspeed.prune_idle_hooks=false"], "ctr"),
 }
 ROWS.update({f"{name}-zero2": (ROWS[name][0], ROWS[name][1], f"{ROWS[name][2]}-zero2")
-             for name in ("lora", "sft", "cft", "sft-prefix", "cft-prefix")})
+             for name in ("lora", "sft", "cft", "cft-packed", "sft-prefix", "cft-prefix")})
 LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR)",
           "rellax": "distrec ReLLaX: SPA + CFLoRA from DIN (CTR)",
           "cflora-generated": "distrec CFLoRA from DIN, no SPA (CTR)", "cflora-spa": "distrec SPA + CFLoRA, static G (CTR)",
           "sft": "distrec LoRA SFT (generative)",
-          "cft": "distrec CFT, branches packed (generative)", "cft-stacked": "distrec CFT, branches stacked (generative)",
+          "cft": "distrec CFT, counterfactual prompt once (generative)",
+          "cft-packed": "distrec CFT, branches packed per instance (generative)", "cft-stacked": "distrec CFT, branches stacked (generative)",
           "lora-grouped": "distrec LoRA, length-grouped (CTR)", "sft-grouped": "distrec LoRA SFT, length-grouped",
-          "cft-grouped": "distrec CFT packed, length-grouped",
-          "cft-shared": "distrec CFT packed, one preamble (prefix shared)",
+          "cft-grouped": "distrec CFT, length-grouped",
+          "cft-shared": "distrec CFT, one preamble for both branches",
           "lora-prefix": "distrec LoRA, common prefix once (CTR)", "sft-prefix": "distrec LoRA SFT, common prefix once",
           "cft-prefix": "distrec CFT, common prefixes once",
           "lora-grouped-prefix": "distrec LoRA, length-grouped, common prefix once (CTR)",
@@ -96,7 +98,8 @@ LABELS = {"lora": "distrec LoRA (CTR)", "cflora": "distrec CFLoRA, static G (CTR
           "lora-prefix-partitioned": "distrec LoRA, common prefix once, frozen base partitioned (CTR)",
           "lora-all-hooks": "distrec LoRA, ZeRO-3 hooks on every module (CTR)",
           "lora-zero2": "distrec LoRA, ZeRO-2 (CTR)", "sft-zero2": "distrec LoRA SFT, ZeRO-2",
-          "cft-zero2": "distrec CFT packed, ZeRO-2", "sft-prefix-zero2": "distrec LoRA SFT, common prefix once, ZeRO-2",
+          "cft-zero2": "distrec CFT, counterfactual prompt once, ZeRO-2",
+          "cft-packed-zero2": "distrec CFT, branches packed per instance, ZeRO-2", "sft-prefix-zero2": "distrec LoRA SFT, common prefix once, ZeRO-2",
           "cft-prefix-zero2": "distrec CFT, common prefixes once, ZeRO-2"}
 
 HF_LABELS = {"ctr": "HF Trainer + PEFT LoRA (CTR)", "gen": "HF Trainer + PEFT LoRA (generative)"}
@@ -104,11 +107,11 @@ HF_LABELS.update({f"{g}-zero2": f"{label[:-1]}, ZeRO-2)" for g, label in HF_LABE
 # Overrides a baseline group applies to its distrec rows and to its HF row, after the command line's.
 GROUP_OVERRIDES = {g: ["deepspeed.zero_stage=2"] for g in HF_LABELS if g.endswith("-zero2")}
 # (row, reference row): the row's step over the reference's, on the same samples.
-STEP_PAIRS = (("cft", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
+STEP_PAIRS = (("cft", "sft"), ("cft-packed", "sft"), ("cft-stacked", "sft"), ("cft-grouped", "sft-grouped"), ("cft-shared", "sft"),
               ("cft-prefix", "sft-prefix"), ("cft-prefix", "sft"), ("rellax", "cflora"),
               ("cflora-generated", "cflora"), ("cflora-spa", "cflora"), ("lora-all-hooks", "lora"),
               ("lora", "lora-zero2"), ("sft-prefix", "sft-prefix-zero2"), ("cft-prefix", "cft-prefix-zero2"),
-              ("cft-zero2", "sft-zero2"), ("cft-prefix-zero2", "sft-prefix-zero2"))
+              ("cft-zero2", "sft-zero2"), ("cft-packed-zero2", "sft-zero2"), ("cft-prefix-zero2", "sft-prefix-zero2"))
 
 
 def _measured(values: list[float], warmup: int) -> list[float]:

@@ -42,8 +42,9 @@ class CausalLM:
 
 def assemble_causal_lm(job, device: torch.device, crm_dir, init_context=contextlib.nullcontext) -> CausalLM:
     """Backbone (built inside ``init_context()``, e.g. ZeRO-3's partitioned init), trunk attention
-    when ``train.share_prefix``, SPA tokens, the adapter, the ReLLaX assembly and the task: the training
-    workers and ``distrec predict`` (:mod:`distrec.predict.run_model`) build the same model here."""
+    when a prefix runs once (``train.share_prefix``, ``cft.share_cf_prompt``), SPA tokens, the adapter,
+    the ReLLaX assembly and the task: the training workers and ``distrec predict``
+    (:mod:`distrec.predict.run_model`) build the same model here."""
     from distrec.model.adapters import make_adapter
     from distrec.model.backbone import build_model, load_tokenizer
     from distrec.model.rellax import add_spa_tokens, assemble
@@ -51,7 +52,7 @@ def assemble_causal_lm(job, device: torch.device, crm_dir, init_context=contextl
     tokenizer = load_tokenizer(job.model)  # also prepares the model folder, outside ZeRO-3 init
     with init_context():
         llm = build_model(job.model)
-    if job.train.share_prefix:
+    if job.trunk_attention:
         from distrec.objectives.shared_prefix import enable_trunk_attention
 
         enable_trunk_attention(llm)
