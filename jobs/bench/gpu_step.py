@@ -9,7 +9,9 @@ random token ids, using distrec's own objective code (``distrec.objectives.cft``
   ``--target-tokens`` tokens (the LM head runs only there, as in distrec).
 - ``--objective cft``: the factual rows plus counterfactual rows that lack the first half of
   the sequence (the "history"); both branches run forward and backward, and the loss is the
-  CFT loss (λ = 0.1, linear token weights). ``--cft-layout packed`` (distrec's default) runs
+  CFT loss (λ = 0.1, linear token weights). These random counterfactual rows share no prompt
+  across instances (distrec's default, ``cft.share_cf_prompt``, runs a shared one once per
+  micro-batch). ``--cft-layout packed`` (distrec's layout otherwise) runs
   both branches side by side in one row per instance (``objectives.cft.pack_branches``),
   ``stacked`` on top of each other in one left-padded ``[2B, S]`` forward, ``separate`` in two. ``--compare-sft`` also times
   an SFT step on the factual rows, scoring the same target tokens, in the same run (same
