@@ -20,10 +20,12 @@ Conventions of this package (see ``ctr.py``, ``normalisation.py``):
   sits in the same column counted from the right. One forward with
   ``logits_to_keep = n_keep + 1`` yields exactly the logits that predict the last
   ``n_keep`` tokens (:func:`response_logits`); the full ``[B, T, V]`` logits never exist.
-- Both branches run in ONE forward. Packed (default): each instance's factual row and the
-  part of its counterfactual row after the prefix the two share sit side by side in one row,
-  with positions and a 4-D attention mask that give every token what it sees in its own row
-  (:func:`pack_branches`), so the counterfactual branch costs only its own tokens. Stacked:
+- Both branches run in ONE forward. By default the shared-prefix forward below; where it
+  shares nothing (one row, or prompts that differ from their first token), or with
+  ``cft.share_cf_prompt: false``, :func:`cft_logits`. Packed (``cft.pack``): each instance's
+  factual row and the part of its counterfactual row after the prefix the two share sit side by
+  side in one row, with positions and a 4-D attention mask that give every token what it sees in
+  its own row (:func:`pack_branches`), so the counterfactual row costs only its tail. Stacked:
   one ``[2B, max(Tf, Tcf)]`` batch (:func:`stack_branches`), the counterfactual rows padded to
   the factual width.
 - With ``train.share_prefix``, :func:`shared_cft_logits` runs instead: the common prefix of the
