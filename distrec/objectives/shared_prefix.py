@@ -89,19 +89,18 @@ def _trunk(prefixes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def _tails(groups: list[Group], prefix: list[int]):
-    """Each group's rows after its prefix, side by side: ``ids, positions, real [B, W]``, the
-    column's group ``[W]`` and each group's column span."""
-    ids, positions, real, owner, spans, start = [], [], [], [], [], 0
-    for g, (grp, p) in enumerate(zip(groups, prefix)):
+    """Each group's rows after its prefix, side by side: ``ids, positions, real [B, W]`` and each
+    group's column span."""
+    ids, positions, real, spans, start = [], [], [], [], 0
+    for grp, p in zip(groups, prefix):
         pos = position_ids_for(grp.mask)
         ids.append(grp.ids[:, p:])
         positions.append(pos[:, p:])
         real.append(grp.mask[:, p:].bool() & (pos[:, p:] >= p))
         width = grp.ids.shape[1] - p
-        owner.append(torch.full((width,), g, dtype=torch.long, device=grp.ids.device))
         spans.append((start, start + width))
         start += width
-    return torch.cat(ids, 1), torch.cat(positions, 1), torch.cat(real, 1), torch.cat(owner), spans
+    return torch.cat(ids, 1), torch.cat(positions, 1), torch.cat(real, 1), spans
 
 
 ATTENTION = "distrec_trunk"
@@ -110,19 +109,29 @@ attention for a forward called with a ``distrec_trunk=`` layout."""
 
 
 @dataclass
+class TailGroup:
+    """One group's tail slots in the packed row: ``index [B, W_g]``, the packed column of each slot
+    (0 where it holds no real token); ``trunk [L_g]``, the trunk columns the group sees;
+    ``mask [B, 1, W_g, L_g + W_g]``, what each slot sees: those trunk columns, then the row's slots."""
+
+    index: torch.Tensor
+    trunk: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
 class Layout:
     """Where the packed row's tokens sit: the trunk (columns ``0..length−1``, attending through
-    ``trunk_mask [L, L]``), then every row's real tail tokens in row order. ``index [B, W]``: the
-    packed column of each tail slot (0 where it holds no real token); ``slots``: the (row, column)
-    indices of the real slots, in packed order; ``mask [B, 1, W, L + W]``: what
-    each tail slot sees, the trunk's columns then the row's slots. ``calls`` counts the attention
-    layers that read it, so a model without trunk attention is caught."""
+    ``trunk_mask [L, L]``), then every row's real tail tokens in row order, each row's groups side by
+    side. ``groups``: one :class:`TailGroup` per group, so a tail token never scores the other
+    groups' columns; ``slots``: the (row, column) indices of the real slots of the groups'
+    concatenated ``[B, W]`` columns, in packed order. ``calls`` counts the attention layers that
+    read it, so a model without trunk attention is caught."""
 
     length: int
     trunk_mask: torch.Tensor
-    index: torch.Tensor
+    groups: list[TailGroup]
     slots: tuple[torch.Tensor, torch.Tensor]
-    mask: torch.Tensor
     calls: int = 0
 
 
@@ -130,8 +139,8 @@ def trunk_attention(module, query, key, value, attention_mask, dropout: float = 
                     distrec_trunk: Layout | None = None, **kwargs):
     """Hugging Face attention function (``AttentionInterface``): SDPA, or, for a packed row
     ``query [1, H, N, d]``, ``key``/``value`` ``[1, H_kv, N, d]`` with a :class:`Layout`, the trunk's
-    causal attention plus every tail slot's attention over its trunk columns and its row.
-    Returns ``([1, N, H, d], None)`` as SDPA's function does."""
+    causal attention plus, group by group, every tail slot's attention over its group's trunk
+    columns and its row's slots of that group. Returns ``([1, N, H, d], None)`` as SDPA's function does."""
     if distrec_trunk is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -143,12 +152,15 @@ def trunk_attention(module, query, key, value, attention_mask, dropout: float = 
     sdpa = torch.nn.functional.scaled_dot_product_attention
     trunk = sdpa(q[None, :, :n], k[None, :, :n], v[None, :, :n], attn_mask=lay.trunk_mask[None, None],
                  dropout_p=dropout, scale=scaling)[0]
-    rows = lay.index.shape[0]
-    q_t, k_t, v_t = (x[:, lay.index].transpose(0, 1) for x in (q, k, v))  # [B, H, W, d]
-    k_t = torch.cat([k[None, :, :n].expand(rows, -1, -1, -1), k_t], 2)
-    v_t = torch.cat([v[None, :, :n].expand(rows, -1, -1, -1), v_t], 2)
-    tails = sdpa(q_t, k_t, v_t, attn_mask=lay.mask, dropout_p=dropout, scale=scaling)
-    out = torch.cat([trunk.transpose(0, 1), tails.transpose(1, 2)[lay.slots]], 0)
+    tails = []
+    for g in lay.groups:
+        rows = g.index.shape[0]
+        q_t, k_t, v_t = (x[:, g.index].transpose(0, 1) for x in (q, k, v))  # [B, H, W_g, d]
+        if len(g.trunk):
+            k_t = torch.cat([k[None, :, g.trunk].expand(rows, -1, -1, -1), k_t], 2)
+            v_t = torch.cat([v[None, :, g.trunk].expand(rows, -1, -1, -1), v_t], 2)
+        tails.append(sdpa(q_t, k_t, v_t, attn_mask=g.mask, dropout_p=dropout, scale=scaling).transpose(1, 2))
+    out = torch.cat([trunk.transpose(0, 1), torch.cat(tails, 1)[lay.slots]], 0)
     return out[None], None
 
 
@@ -190,17 +202,21 @@ def trunk_forward(model, groups: list[Group]) -> tuple[list[torch.Tensor], int] 
     trunk_ids, trunk_pos, visible, trunk_mask = _trunk(heads)
     device, n_trunk = trunk_ids.device, len(trunk_ids)
 
-    ids, positions, real, owner, spans = _tails(groups, prefix)
-    width = ids.shape[1]
-    cols = torch.arange(width, device=device)
-    own = (cols[None, :] <= cols[:, None]) & (owner[None, :] == owner[:, None])
-    own = (own[None] & real[:, None, :] & real[:, :, None]) | torch.eye(width, dtype=torch.bool, device=device)[None]
-    sees_trunk = visible[owner][None] & real[:, :, None]
+    ids, positions, real, spans = _tails(groups, prefix)
     slots = real.nonzero(as_tuple=True)  # once here, not a boolean mask in every layer
     n_tail = len(slots[0])
     index = torch.zeros_like(ids)
     index[slots] = n_trunk + torch.arange(n_tail, device=device)
-    layout = Layout(n_trunk, trunk_mask, index, slots, torch.cat([sees_trunk, own], 2)[:, None])
+    tails = []
+    for g, (start, end) in enumerate(spans):
+        width, r = end - start, real[:, start:end]
+        cols = torch.arange(width, device=device)
+        own = ((cols[None, :] <= cols[:, None])[None] & r[:, None, :] & r[:, :, None]) | torch.eye(
+            width, dtype=torch.bool, device=device)[None]
+        trunk = visible[g].nonzero()[:, 0]
+        sees = r[:, :, None].expand(-1, -1, len(trunk))
+        tails.append(TailGroup(index[:, start:end], trunk, torch.cat([sees, own], 2)[:, None]))
+    layout = Layout(n_trunk, trunk_mask, tails, slots)
     keep = torch.cat([torch.arange(end - g.last, end, device=device) for (_, end), g in zip(spans, groups)])
     packed_ids, packed_pos = torch.cat([trunk_ids, ids[slots]])[None], torch.cat([trunk_pos, positions[slots]])[None]
     out = model(input_ids=packed_ids, position_ids=packed_pos, logits_to_keep=index[:, keep].reshape(-1),
