@@ -70,6 +70,7 @@ def test_counterfactual_prompt_once_trains_as_the_packed_branches_and_runs_fewer
     packed = run_job(cft_job(storage, "cft-packed", "cft.share_cf_prompt=false"))
     a = load_file(str(packed.run_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(cft_run.run_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
     through = lambda run: sum(v for _, v in read_scalars(run.run_dir / "tensorboard")["data/forward_tokens"])  # noqa: E731
