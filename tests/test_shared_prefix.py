@@ -171,7 +171,7 @@ def test_cft_task_runs_the_counterfactual_prompt_once_by_default(model):
     mb = {"input_ids": FACTUAL, "cf_input_ids": COUNTERFACTUAL, "labels": labels}
     out = {}
     for share in (True, False):
-        task = GenerativeTask(CftConfig(share_cf_prompt=share), Batchify(PAD, torch.device("cpu")))
+        task = GenerativeTask(CftConfig(), Batchify(PAD, torch.device("cpu")), share_cf_prompt=share)
         out[share] = task.micro_loss(model, mb, task.normalisers([mb]))
     assert float(out[True][0].detach()) == pytest.approx(float(out[False][0].detach()), rel=1e-12)
     assert out[True][1]["forward_tokens"] == sum(map(len, FACTUAL)) + 4 + sum(1 + len(r) for r in RESPONSES)

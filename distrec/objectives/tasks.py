@@ -138,9 +138,10 @@ class GenerativeTask(_Task):
     """Next-item title generation: SFT, or CFT when ``cft.lam > 0`` (``objectives.cft``).
 
     CFT's forward: with ``share_prefix``, both branches' common prefixes run once
-    (:func:`~distrec.objectives.cft.shared_cft_logits`); else with ``cft.stacked`` and
-    ``cft.share_cf_prompt`` (the default) only the counterfactual prompt does, the model then needing
-    trunk attention (``JobConfig.trunk_attention``); else :func:`~distrec.objectives.cft.cft_logits`.
+    (:func:`~distrec.objectives.cft.shared_cft_logits`); else with ``share_cf_prompt``
+    (``JobConfig.shares_cf_prompt``, the default) only the counterfactual prompt does; either needs
+    the model's trunk attention (``JobConfig.trunk_attention``). Otherwise, and where nothing is
+    shared, :func:`~distrec.objectives.cft.cft_logits`.
 
     Validation during training uses the evaluation loss ``L_n`` (lower is better): beam
     search over a catalogue is far too slow to run every few steps on CPU. The final
@@ -151,8 +152,8 @@ class GenerativeTask(_Task):
     eval_columns = (("sample_id", "<i8"), ("ln_sum", "<f8"), ("weight_sum", "<f8"), ("ln_plain_sum", "<f8"),
                     ("tokens", "<f8"))
 
-    def __init__(self, cft, batchify: Batchify, share_prefix: bool = False) -> None:
-        self.cft, self.b, self.share_prefix = cft, batchify, share_prefix
+    def __init__(self, cft, batchify: Batchify, share_prefix: bool = False, share_cf_prompt: bool = False) -> None:
+        self.cft, self.b, self.share_prefix, self.share_cf_prompt = cft, batchify, share_prefix, share_cf_prompt
 
     def _label_rows(self, mb: dict, width: int) -> torch.Tensor:
         return self.b.labels(mb["labels"], width)
@@ -177,9 +178,8 @@ class GenerativeTask(_Task):
         cf_ids = cf_mask = None
         if with_cf:
             cf_ids, cf_mask = self.b.ids(mb["cf_input_ids"])
-        share_cf = with_cf and self.cft.stacked and self.cft.share_cf_prompt
         shared = None
-        if self.share_prefix or share_cf:
+        if self.share_prefix or (with_cf and self.share_cf_prompt):
             shared = shared_cft_logits(engine, f_ids, f_mask, f_labels, cf_ids, cf_mask, self.share_prefix)
         if shared is not None:
             z_f, z_cf, y, through = shared

@@ -23,7 +23,7 @@ def make_task(job, tokenizer, device: torch.device, conditioning=None):
     batchify = Batchify(tokenizer.pad_token_id, device)
     if job.data.task == "ctr":
         return CtrTask(*ctr_label_ids(tokenizer, job.prompt), batchify, conditioning, job.train.share_prefix)
-    return GenerativeTask(job.cft, batchify, job.train.share_prefix)
+    return GenerativeTask(job.cft, batchify, job.train.share_prefix, job.shares_cf_prompt)
 
 
 @dataclass
